@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test suite: lint, then pytest (CPU only, no network; GPU tests are skipped without a GPU).
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+"${RUN[@]}" ruff check .
+"${RUN[@]}" ruff format --check .
+"${RUN[@]}" pytest -q "$@"
