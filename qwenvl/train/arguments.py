@@ -1,0 +1,154 @@
+"""Arguments of ``train_qwen.py``: three dataclasses parsed by ``HfArgumentParser``.
+
+Every ``transformers.TrainingArguments`` flag works as usual (``--deepspeed``, ``--bf16``, ``--save_steps``,
+``--report_to``...). ``check_arguments`` reports every invalid combination at once, with its fix, before the
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import transformers
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="Qwen/Qwen3-VL-4B-Instruct",
+        metadata={
+            "help": "Hub id or local folder of a Qwen3-VL checkpoint (a previous run's checkpoint works too). The "
+            "model class is chosen from its config.model_type."
+        },
+    )
+    tune_mm_vision: bool = field(
+        default=False, metadata={"help": "Train the vision tower (patch embed + blocks)."}
+    )
+    tune_mm_mlp: bool = field(
+        default=True, metadata={"help": "Train the vision-language mergers (merger + deepstack mergers)."}
+    )
+    tune_mm_llm: bool = field(
+        default=True, metadata={"help": "Train the language model (embeddings, layers, head)."}
+    )
+    attn_implementation: str | None = field(
+        default=None,
+        metadata={"help": "sdpa (default), flash_attention_2 (if installed) or eager."},
+    )
+
+
+@dataclass
+class DataArguments:
+    dataset_use: str = field(
+        default="",
+        metadata={
+            "help": "Comma-separated registered names with optional %NN sampling, e.g. "
+            "flare_retino%100,flare_busi_det%50 (see qwenvl/data/__init__.py). A path to a Qwen3-VL JSON works too."
+        },
+    )
+    eval_dataset_use: str = field(
+        default="",
+        metadata={
+            "help": "Labelled validation sets for eval loss, e.g. flare_retino_val,flare_busi_det_val."
+        },
+    )
+    max_pixels: int = field(
+        default=50176, metadata={"help": "Most pixels per image after resizing (50176 = 49 visual tokens)."}
+    )
+    min_pixels: int = field(default=784, metadata={"help": "Fewest pixels per image after resizing."})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(
+        default=4096,
+        metadata={
+            "help": "Longest sample in tokens (image tokens included). Longer samples are dropped before "
+            "training and reported, never truncated."
+        },
+    )
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the mergers (default: --learning_rate)."}
+    )
+    vision_tower_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the vision tower (default: --learning_rate)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator builds exactly the model's inputs."}
+    )
+
+
+class ArgumentError(ValueError):
+    """Several invalid settings, each with its fix."""
+
+
+def check_arguments(
+    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments
+) -> list[str]:
+    """Return every problem with the combination of arguments (empty list: all good)."""
+    problems: list[str] = []
+    if not data_args.dataset_use:
+        problems.append("--dataset_use is empty: name the training sets, e.g. --dataset_use flare_retino%100")
+    if not (model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm):
+        problems.append(
+            "nothing to train: --tune_mm_vision, --tune_mm_mlp and --tune_mm_llm are all False; set one to True"
+        )
+    if args.vision_tower_lr is not None and not model_args.tune_mm_vision:
+        problems.append(
+            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
+        )
+    if args.mm_projector_lr is not None and not model_args.tune_mm_mlp:
+        problems.append(
+            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
+        )
+    if data_args.min_pixels > data_args.max_pixels:
+        problems.append(
+            f"--min_pixels {data_args.min_pixels} is larger than --max_pixels {data_args.max_pixels}; "
+            "swap them or lower --min_pixels"
+        )
+    if data_args.max_pixels < 32 * 32:
+        problems.append(
+            f"--max_pixels {data_args.max_pixels} is below one visual token (32x32 = 1024 pixels); use >= 1024"
+        )
+    if args.model_max_length < 64:
+        problems.append(f"--model_max_length {args.model_max_length} is too short for any sample; use >= 64")
+    eval_on = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
+    if eval_on and not data_args.eval_dataset_use:
+        problems.append(
+            f"--eval_strategy {args.eval_strategy} needs labelled validation data: add --eval_dataset_use "
+            "flare_<name>_val,... (converted from validation-public), or --eval_strategy no"
+        )
+    if data_args.eval_dataset_use and not eval_on:
+        problems.append(
+            "--eval_dataset_use is set but --eval_strategy is 'no', so it would never be used: add "
+            "--eval_strategy steps --eval_steps N"
+        )
+    if args.bf16 and args.fp16:
+        problems.append("--bf16 and --fp16 are both set: choose one (bf16 on Ampere or newer GPUs)")
+    if args.deepspeed and isinstance(args.deepspeed, str) and not Path(args.deepspeed).is_file():
+        problems.append(f"--deepspeed {args.deepspeed}: no such file; the shipped configs are in configs/")
+    if args.resume_from_checkpoint not in (None, "auto") and not Path(args.resume_from_checkpoint).is_dir():
+        problems.append(
+            f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such checkpoint folder; give a "
+            "checkpoint-N folder or 'auto' (the latest in --output_dir)"
+        )
+    local = Path(os.path.expanduser(model_args.model_name_or_path))
+    looks_local = local.is_absolute() or model_args.model_name_or_path.startswith((".", "~"))
+    if looks_local and not (local / "config.json").is_file():
+        problems.append(
+            f"--model_name_or_path {model_args.model_name_or_path}: no config.json there. Give a model folder, "
+            "a checkpoint-N folder, or a hub id such as Qwen/Qwen3-VL-4B-Instruct"
+        )
+    return problems
+
+
+def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    problems = check_arguments(model_args, data_args, training_args)
+    if problems:
+        raise ArgumentError(
+            f"{len(problems)} problem(s) with the arguments:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+    return model_args, data_args, training_args

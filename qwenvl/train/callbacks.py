@@ -1,0 +1,221 @@
+"""Trainer callbacks: self-contained checkpoints, a clean stop on SIGTERM / Ctrl-C, and the run's live record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from data_conversion.paths import REPO_ROOT
+
+logger = logging.getLogger(__name__)
+
+RUN_INFO = "run_info.json"
+TRAIN_LOG_JSONL = "train_log.jsonl"
+TRAIN_LOG_TEXT = "train.log"
+RUN_FILE = "run.json"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "accelerate", "deepspeed", "peft", "flare25-qwen3vl"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class CheckpointFilesCallback(TrainerCallback):
+    """Makes every checkpoint loadable on its own: the processor (with the trained pixel limits and the chat
+    template) and ``run_info.json`` (resolved arguments, dataset mix with counts, seed, versions, git commit)
+    are written beside the weights."""
+
+    def __init__(self, processor, run_info: dict):
+        self.processor = processor
+        self.run_info = run_info
+
+    def save_to(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.processor.save_pretrained(folder)
+        _write_json(folder / RUN_INFO, self.run_info)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.save_to(Path(args.output_dir) / f"checkpoint-{state.global_step}")
+
+
+class GracefulStopCallback(TrainerCallback):
+    """On SIGTERM or SIGINT (Ctrl-C), finish the current optimizer step, save a checkpoint and stop.
+
+    A second signal interrupts at once."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        logger.warning("%s received: saving a checkpoint after this step, then stopping", self.requested)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+
+class RunRecordCallback(TrainerCallback):
+    """The live record of a run, written by rank 0 into the output folder:
+
+    - ``run.json``: total steps, start time, status, the run's arguments;
+    - ``train_log.jsonl``: one JSON line per logging step (step, epoch, loss, learning rate, grad norm,
+      samples/s, tokens/s, elapsed seconds, memory) and per evaluation;
+    - ``train.log``: the same, human-readable (``tail -f output/<run>/*.log``).
+
+    A resumed run appends; lines for steps after the resumed checkpoint (written before the interruption)
+    are dropped first, so no step appears twice.
+    """
+
+    def __init__(self, output_dir: str | Path, run_args: dict):
+        self.dir = Path(output_dir)
+        self.run_args = run_args
+        self.t0 = time.time()
+        self.last_time = self.t0
+        self.last_step = 0
+        self.last_samples = 0
+
+    def _memory(self) -> dict:
+        import psutil
+        import torch
+
+        mem = {
+            "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        if torch.cuda.is_available():
+            mem["gpu_mem_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+            mem["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return mem
+
+    def _update_run_file(self, **fields) -> None:
+        path = self.dir / RUN_FILE
+        current = json.loads(path.read_text()) if path.exists() else {}
+        current.update(fields)
+        _write_json(path, current)
+
+    def _append(self, record: dict, text: str) -> None:
+        with open(self.dir / TRAIN_LOG_JSONL, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(self.dir / TRAIN_LOG_TEXT, "a") as f:
+            f.write(text + "\n")
+
+    def _truncate_after(self, step: int) -> None:
+        path = self.dir / TRAIN_LOG_JSONL
+        if not path.exists():
+            return
+        kept = [
+            line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        resumed = state.global_step > 0
+        if resumed:
+            self._truncate_after(state.global_step)
+        self.last_step = state.global_step
+        now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        self._update_run_file(
+            status="running",
+            max_steps=state.max_steps,
+            num_train_epochs=args.num_train_epochs,
+            start_time=now
+            if not resumed
+            else json.loads((self.dir / RUN_FILE).read_text()).get("start_time", now),
+            resumed_at_step=state.global_step if resumed else None,
+            pid=os.getpid(),
+            argv=sys.argv,
+            args=self.run_args,
+        )
+        verb = f"resumed at step {state.global_step}" if resumed else "started"
+        self._append(
+            {"event": "start", "step": state.global_step, "time": time.time()}, f"[{now}] run {verb}"
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.time()
+        record = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "time": now}
+        record["elapsed_s"] = round(now - self.t0, 2)
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float, str))})
+        if "loss" in logs:
+            dt = max(now - self.last_time, 1e-9)
+            if "samples" in logs:
+                record["samples_per_s"] = round(logs["samples"] / dt, 3)
+            if "tokens" in logs:
+                record["tokens_per_s"] = round(logs["tokens"] / dt, 1)
+            record.update(self._memory())
+            self.last_time = now
+        record["max_steps"] = state.max_steps
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_s", "tokens_per_s"):
+            if key in record:
+                v = record[key]
+                parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+        self._append(record, f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] " + " | ".join(parts))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        finished = state.global_step >= state.max_steps
+        status = "finished" if finished else "stopped"
+        self._update_run_file(
+            status=status, end_time=time.strftime("%Y-%m-%dT%H:%M:%S"), last_step=state.global_step
+        )
+        self._append(
+            {"event": status, "step": state.global_step, "time": time.time()},
+            f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] run {status} at step {state.global_step}",
+        )
