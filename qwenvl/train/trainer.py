@@ -123,4 +123,8 @@ class QwenVLTrainer(Trainer):
             logs["tokens"] = w["num_tokens"]
             logs["padding_share"] = round(1.0 - w["num_tokens"] / w["num_positions"], 4)
             self._window_stats = dict.fromkeys(self.batch_stats, 0)
+        if "loss" in logs and self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                if "name" in group and not group["name"].endswith("_no_decay"):
+                    logs[f"lr_{group['name']}"] = group["lr"]
         super().log(logs, *args, **kwargs)
