@@ -2,8 +2,9 @@
 
 Qwen3-VL reads and writes box coordinates as integers in [0, 1000] relative to the image width and height.
 FLARE25 answers are ``[x1, y1, x2, y2]`` pixel boxes of the original image. The grid's step is 1/1000 of the
-image side, so a pixel -> grid -> pixel round trip is exact to within ``max(w, h) / 2000`` pixels (under one
-pixel for images up to 2000 px).
+image side, so a pixel -> grid -> pixel round trip is exact to within ``max(w, h) / 2000 + 0.05`` pixels
+(grid rounding plus the 0.1 px rounding of ``grid_to_pixel``): within one pixel for integer coordinates on
+images up to 2000 px.
 """
 
 from __future__ import annotations

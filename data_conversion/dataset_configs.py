@@ -143,7 +143,8 @@ def resolve_dataset_name(name: str) -> str:
     the folder name. Raises ``KeyError`` listing the valid names."""
     if name in FLARE_DATASETS:
         return name
-    key = registry_name(name.removeprefix("flare_"))
+    lowered = name.lower()
+    key = registry_name(lowered[len("flare_") :] if lowered.startswith("flare_") else lowered)
     for real in FLARE_DATASETS:
         if registry_name(real) == key:
             return real

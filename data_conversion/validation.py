@@ -1,0 +1,350 @@
+"""Checks on converted Qwen3-VL JSON files (``<dataset>_<split>.json``, format: ``schema.py``).
+
+Errors (any one fails validation): a file that is not a JSON list; a record without ``image`` /
+``conversations`` structure; a ``<image>`` tag count different from the number of images; an image path that is
+not absolute, missing, or does not decode; an empty answer in a labelled record (``meta.has_answer`` true); a
+repeat of an earlier record's images + question; a box answer that is not JSON boxes (on the 0-1000 grid when
+``meta.box_format`` is ``qwen1000``).
+
+Warnings: images shared byte-for-byte between a dataset's train file and its val file (train/val leakage; the
+real FLARE25 data has some).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from data_conversion.boxes import GRID, is_box
+from data_conversion.converter import REPORT_NAME
+from data_conversion.dataset_configs import BOX_TASKS, INSTANCE_DETECTION
+from data_conversion.images import MISSING, ImageInfo, inspect_image
+from data_conversion.schema import BOX_QWEN1000, IMAGE_TAG, images_of
+
+# Check names used in the report's "errors" / "warnings" entries.
+UNREADABLE_FILE = "unreadable_file"
+INVALID_RECORD = "invalid_record"
+TAG_MISMATCH = "image_tag_mismatch"
+RELATIVE_PATH = "relative_image_path"
+MISSING_IMAGE = "missing_image"
+CORRUPT_IMAGE = "corrupt_image"
+EMPTY_ANSWER = "empty_answer"
+DUPLICATE = "duplicate"
+BAD_BOX_ANSWER = "bad_box_answer"
+TRAIN_VAL_LEAK = "train_val_leak"  # a warning
+
+_FILE_RE = re.compile(r"^(?P<dataset>.+?)_(?P<split>train|val_hidden|val|test)\.json$")
+_LEAK_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One error or warning: the file, the record index (``None`` for file-level), the check and details."""
+
+    file: str
+    index: int | None
+    check: str
+    detail: str
+
+
+@dataclass
+class FileStats:
+    """Per-file figures of the validation report."""
+
+    records: int = 0
+    images: int = 0
+    distinct_images: int = 0
+    multi_image_records: int = 0
+    labelled_records: int = 0
+    task_types: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    warnings: int = 0
+
+
+class _Images:
+    """Decode (and, for leak checks, hash) each distinct image path once."""
+
+    def __init__(self) -> None:
+        self._info: dict[str, ImageInfo] = {}
+        self._hash: dict[str, str] = {}
+
+    def info(self, path: str) -> ImageInfo:
+        if path not in self._info:
+            self._info[path] = inspect_image(path)
+        return self._info[path]
+
+    def digest(self, path: str) -> str | None:
+        if path not in self._hash:
+            digest = hashlib.sha256()
+            try:
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                return None
+            self._hash[path] = digest.hexdigest()
+        return self._hash[path]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# One record
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _structure_problem(rec: Any) -> str | None:
+    """Why a record does not have the Qwen3-VL ``image`` + ``conversations`` structure, or ``None``."""
+    if not isinstance(rec, dict):
+        return f"record is a JSON {type(rec).__name__}, expected an object"
+    image = rec.get("image")
+    single = isinstance(image, str) and bool(image)
+    several = isinstance(image, list) and bool(image) and all(isinstance(p, str) and p for p in image)
+    if not (single or several):
+        return "'image' must be a non-empty path or a non-empty list of paths"
+    conv = rec.get("conversations")
+    if not isinstance(conv, list) or len(conv) < 2:
+        return "'conversations' must be a list of at least two turns"
+    for i, turn in enumerate(conv):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            return f"conversations[{i}] must be an object with a string 'value'"
+        expected = "human" if i % 2 == 0 else "gpt"
+        if turn.get("from") != expected:
+            return f"conversations[{i}].from is {turn.get('from')!r}, expected {expected!r} (turns alternate human/gpt)"
+    if len(conv) % 2:
+        return "the conversation must end with a gpt turn"
+    return None
+
+
+def _is_labelled(rec: dict) -> bool:
+    meta = rec.get("meta")
+    return not isinstance(meta, dict) or meta.get("has_answer", True) is not False
+
+
+def _question(rec: dict) -> str:
+    meta = rec.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("question"), str):
+        return meta["question"]
+    return rec["conversations"][0]["value"].replace(f"{IMAGE_TAG}\n", "").replace(IMAGE_TAG, "")
+
+
+def _box_problem(rec: dict) -> str | None:
+    """For a labelled box-task record: why its answer is not JSON boxes (on the grid when qwen1000)."""
+    meta = rec.get("meta") or {}
+    answer = rec["conversations"][1]["value"]
+    try:
+        value = json.loads(answer)
+    except ValueError:
+        return f"{meta.get('task_type')} answer is not JSON: {answer[:80]!r}"
+    groups = (
+        list(value.values())
+        if meta.get("task_type") == INSTANCE_DETECTION and isinstance(value, dict)
+        else [value]
+    )
+    boxes = [b for g in groups if isinstance(g, list) for b in g]
+    if any(not isinstance(g, list) for g in groups) or not all(is_box(b) for b in boxes):
+        return f"{meta.get('task_type')} answer is not a list of [x1, y1, x2, y2] boxes: {answer[:80]!r}"
+    if meta.get("box_format") == BOX_QWEN1000:
+        off = [b for b in boxes if not all(isinstance(v, int) and 0 <= v <= GRID for v in b)]
+        if off:
+            return f"box {off[0]} is not integers on the 0-{GRID} grid (meta.box_format is qwen1000)"
+    return None
+
+
+def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
+    """(check, detail) problems of one record, duplicates aside."""
+    problem = _structure_problem(rec)
+    if problem:
+        return [(INVALID_RECORD, problem)]
+    out: list[tuple[str, str]] = []
+    paths = images_of(rec)
+    tags = sum(t["value"].count(IMAGE_TAG) for t in rec["conversations"] if t["from"] == "human")
+    if tags != len(paths):
+        out.append((TAG_MISMATCH, f"{tags} {IMAGE_TAG} tag(s) for {len(paths)} image(s)"))
+    for path in paths:
+        if not os.path.isabs(path):
+            out.append(
+                (RELATIVE_PATH, f"{path} is not absolute (registry entries use data_path ''); re-convert")
+            )
+            continue
+        info = images.info(path)
+        if not info.ok:
+            out.append((MISSING_IMAGE if info.problem == MISSING else CORRUPT_IMAGE, info.detail))
+    if _is_labelled(rec):
+        if any(not t["value"].strip() for t in rec["conversations"][1::2]):
+            out.append((EMPTY_ANSWER, "empty answer in a labelled record (meta.has_answer is true)"))
+        elif (rec.get("meta") or {}).get("task_type") in BOX_TASKS:
+            box = _box_problem(rec)
+            if box:
+                out.append((BAD_BOX_ANSWER, box))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Files and folders
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> tuple[list | None, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return None, f"not valid JSON: {e}"
+    if not isinstance(data, list):
+        return None, f"holds a JSON {type(data).__name__}, expected a list of records"
+    return data, ""
+
+
+def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], list | None]:
+    """Check one converted file; returns its stats, its errors and its records (``None`` if unreadable)."""
+    stats = FileStats()
+    data, problem = _load(path)
+    if data is None:
+        return stats, [Issue(path.name, None, UNREADABLE_FILE, f"{path}: {problem}")], None
+    errors: list[Issue] = []
+    seen: dict[tuple, int] = {}
+    distinct: set[str] = set()
+    tasks: Counter = Counter()
+    for index, rec in enumerate(data):
+        errors += [Issue(path.name, index, check, detail) for check, detail in check_record(rec, images)]
+        if not isinstance(rec, dict) or _structure_problem(rec):
+            continue
+        paths = images_of(rec)
+        stats.images += len(paths)
+        distinct.update(paths)
+        stats.multi_image_records += len(paths) > 1
+        stats.labelled_records += _is_labelled(rec)
+        tasks[str((rec.get("meta") or {}).get("task_type", "unknown"))] += 1
+        key = (tuple(paths), _question(rec))
+        if key in seen:
+            errors.append(
+                Issue(path.name, index, DUPLICATE, f"same images and question as record {seen[key]}")
+            )
+        else:
+            seen[key] = index
+    stats.records = len(data)
+    stats.distinct_images = len(distinct)
+    stats.task_types = dict(sorted(tasks.items()))
+    stats.errors = len(errors)
+    return stats, errors, data
+
+
+def find_leaks(train: list, val: list, images: _Images) -> tuple[int, list[str]]:
+    """How many distinct val images are byte-identical to some train image, with a few examples."""
+    train_hashes: dict[str, str] = {}
+    for path in _record_images(train):
+        digest = images.digest(path)
+        if digest:
+            train_hashes.setdefault(digest, path)
+    shared: dict[str, str] = {}
+    for path in _record_images(val):
+        digest = images.digest(path)
+        if digest in train_hashes:
+            shared[path] = train_hashes[digest]
+    examples = [f"{v} == {t}" for v, t in list(shared.items())[:_LEAK_EXAMPLES]]
+    return len(shared), examples
+
+
+def _record_images(records: Iterable) -> list[str]:
+    out = dict.fromkeys(
+        p for r in records if isinstance(r, dict) and not _structure_problem(r) for p in images_of(r)
+    )
+    return list(out)
+
+
+def converted_files(converted_dir: Path) -> list[Path]:
+    """Every ``*.json`` in ``converted_dir`` except the conversion report, sorted by name."""
+    return sorted(p for p in converted_dir.glob("*.json") if p.is_file() and p.name != REPORT_NAME)
+
+
+def validate(converted_dir: str | os.PathLike) -> dict:
+    """Validate every converted file in ``converted_dir`` and return the report (``ok`` is false on any
+    error). Raises ``FileNotFoundError`` when the folder does not exist."""
+    root = Path(converted_dir).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"converted-data folder {root} does not exist; run the converter first")
+    images = _Images()
+    files: dict[str, FileStats] = {}
+    errors: list[Issue] = []
+    warnings: list[Issue] = []
+    loaded: dict[tuple[str, str], tuple[Path, list]] = {}
+    paths = converted_files(root)
+    if not paths:
+        errors.append(Issue(str(root), None, UNREADABLE_FILE, f"no converted *.json files in {root}"))
+    for path in paths:
+        stats, file_errors, data = validate_file(path, images)
+        files[path.name], errors = stats, errors + file_errors
+        m = _FILE_RE.match(path.name)
+        if m and data is not None:
+            loaded[(m["dataset"], m["split"])] = (path, data)
+    for (dataset, split), (val_path, val) in sorted(loaded.items()):
+        if split != "val" or (dataset, "train") not in loaded:
+            continue
+        train_path, train = loaded[(dataset, "train")]
+        count, examples = find_leaks(train, val, images)
+        if count:
+            detail = (
+                f"{count} image(s) of {val_path.name} are byte-identical to images of {train_path.name}, "
+                f"e.g. {'; '.join(examples)}"
+            )
+            warnings.append(Issue(val_path.name, None, TRAIN_VAL_LEAK, detail))
+            files[val_path.name].warnings += 1
+    return _report(root, files, errors, warnings)
+
+
+def _report(root: Path, files: dict[str, FileStats], errors: list[Issue], warnings: list[Issue]) -> dict:
+    return {
+        "converted_dir": str(root),
+        "ok": not errors,
+        "n_errors": len(errors),
+        "n_warnings": len(warnings),
+        "error_counts": dict(sorted(Counter(e.check for e in errors).items())),
+        "files": {name: asdict(stats) for name, stats in files.items()},
+        "errors": [asdict(e) for e in errors],
+        "warnings": [asdict(w) for w in warnings],
+    }
+
+
+def errors_by(report: dict, check: str) -> list[dict]:
+    """The report's errors of one check."""
+    return [e for e in report["errors"] if e["check"] == check]
+
+
+def validation_table(report: dict) -> Table:
+    """A rich table with one row per converted file."""
+    table = Table(title=f"Converted data in {report['converted_dir']}")
+    table.add_column("file", no_wrap=True)
+    for col in ("records", "images", "multi-img", "labelled", "errors", "warnings"):
+        table.add_column(col, justify="right")
+    table.add_column("task types")
+    for name, s in report["files"].items():
+        style = "red" if s["errors"] else ("yellow" if s["warnings"] else None)
+        tasks = ", ".join(f"{t} {n}" for t, n in s["task_types"].items())
+        counts = (
+            s["records"],
+            s["images"],
+            s["multi_image_records"],
+            s["labelled_records"],
+            s["errors"],
+            s["warnings"],
+        )
+        table.add_row(name, *(str(c) for c in counts), tasks, style=style)
+    return table
+
+
+def describe_issues(issues: list[dict], limit: int = 50) -> list[str]:
+    """Lines ``file[index] check: detail`` for the first ``limit`` issues, then a count of the rest."""
+    lines = []
+    for issue in issues[:limit]:
+        where = issue["file"] if issue["index"] is None else f"{issue['file']}[{issue['index']}]"
+        lines.append(f"{where} {issue['check']}: {issue['detail']}")
+    if len(issues) > limit:
+        lines.append(f"... and {len(issues) - limit} more (see --save_report)")
+    return lines
