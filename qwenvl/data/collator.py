@@ -1,0 +1,137 @@
+"""Collators: a list of encoded samples (``SupervisedDataset`` items, ``None`` for skipped ones) -> a batch.
+
+Both collators always pass explicit 4-row position ids ``(4, B, L)``: row 0 holds the text positions (used by
+transformers for the causal mask), rows 1-3 the mRoPE t/h/w ids of :mod:`qwenvl.data.rope`. The model therefore
+never needs ``mm_token_type_ids`` (transformers 5.x) and never recomputes positions itself.
+
+* :class:`PaddedCollator` right-pads the samples into ``B`` rows with an ``attention_mask``.
+* :class:`PackedCollator` concatenates them into ONE row without an ``attention_mask``; row 0 restarts at 0 for
+  each sample, from which transformers builds a block-diagonal causal mask (SDPA / flash-attention-2), so
+  samples never attend to each other. Run the model with ``use_cache=False``.
+
+Every batch carries statistics as python ints under keys starting with ``stat_`` (the trainer pops them before
+the forward): ``stat_num_samples``, ``stat_num_skipped``, ``stat_num_images``, ``stat_num_tokens`` (real
+tokens), ``stat_num_positions`` (``B * L``, padding included) and ``stat_num_supervised`` (labels != -100).
+A batch whose items were all ``None`` becomes a one-token placeholder with label -100 and
+``stat_num_samples == 0``; it carries no supervised token, so the trainer must not let it contribute loss
+(a mean cross-entropy over zero tokens is NaN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from qwenvl.data.processing import IGNORE_INDEX
+
+STAT_PREFIX = "stat_"
+
+
+def _four_row_ids(mrope_ids: torch.Tensor) -> torch.Tensor:
+    """``(4, L)``: row 0 the text positions ``0..L-1``, rows 1-3 the sample's own mRoPE ids."""
+    text = torch.arange(mrope_ids.shape[1], dtype=torch.long).unsqueeze(0)
+    return torch.cat([text, mrope_ids.long()], dim=0)
+
+
+def _stats(samples: list[dict], n_skipped: int, positions: int, labels: torch.Tensor) -> dict[str, int]:
+    return {
+        "stat_num_samples": len(samples),
+        "stat_num_skipped": n_skipped,
+        "stat_num_images": sum(int(s["image_grid_thw"].shape[0]) for s in samples if _has_images(s)),
+        "stat_num_tokens": sum(int(s["input_ids"].numel()) for s in samples),
+        "stat_num_positions": positions,
+        "stat_num_supervised": int((labels != IGNORE_INDEX).sum()),
+    }
+
+
+def _has_images(sample: dict) -> bool:
+    return sample.get("pixel_values") is not None and sample.get("image_grid_thw") is not None
+
+
+def _add_pixels(batch: dict[str, Any], samples: list[dict]) -> None:
+    """Concatenate the samples' pixels and grids in sample order; omit both keys when no sample has images."""
+    with_images = [s for s in samples if _has_images(s)]
+    if with_images:
+        batch["pixel_values"] = torch.cat([s["pixel_values"] for s in with_images], dim=0)
+        batch["image_grid_thw"] = torch.cat([s["image_grid_thw"].long() for s in with_images], dim=0)
+
+
+def _placeholder(pad_token_id: int, n_skipped: int, with_mask: bool) -> dict[str, Any]:
+    """One row of one pad token, label -100: a valid forward that supervises nothing."""
+    batch: dict[str, Any] = {
+        "input_ids": torch.full((1, 1), pad_token_id, dtype=torch.long),
+        "labels": torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+        "position_ids": torch.zeros((4, 1, 1), dtype=torch.long),
+    }
+    if with_mask:
+        batch["attention_mask"] = torch.ones((1, 1), dtype=torch.long)
+    batch.update(_stats([], n_skipped, 1, batch["labels"]))
+    return batch
+
+
+@dataclass
+class PaddedCollator:
+    """Right-pad samples into ``(B, L)`` rows: pad id / label -100 / attention 0 on padding."""
+
+    pad_token_id: int
+
+    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
+        samples = [s for s in items if s is not None]
+        n_skipped = len(items) - len(samples)
+        if not samples:
+            return _placeholder(self.pad_token_id, n_skipped, with_mask=True)
+        width = max(int(s["input_ids"].numel()) for s in samples)
+        rows = len(samples)
+        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((rows, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((rows, width), dtype=torch.long)
+        position_ids = torch.zeros((4, rows, width), dtype=torch.long)
+        position_ids[0] = torch.arange(width, dtype=torch.long)  # text positions, padding included
+        for r, s in enumerate(samples):
+            n = int(s["input_ids"].numel())
+            input_ids[r, :n] = s["input_ids"]
+            labels[r, :n] = s["labels"]
+            attention_mask[r, :n] = 1
+            position_ids[1:, r, :n] = s["position_ids"]
+        batch: dict[str, Any] = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+        }
+        _add_pixels(batch, samples)
+        batch.update(_stats(samples, n_skipped, rows * width, labels))
+        return batch
+
+
+@dataclass
+class PackedCollator:
+    """Concatenate samples into one ``(1, total)`` row with per-sample position ids and no attention mask."""
+
+    pad_token_id: int
+
+    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
+        samples = [s for s in items if s is not None]
+        n_skipped = len(items) - len(samples)
+        if not samples:
+            return _placeholder(self.pad_token_id, n_skipped, with_mask=False)
+        input_ids = torch.cat([s["input_ids"].long() for s in samples]).unsqueeze(0)
+        pieces = []
+        for s in samples:
+            lab = s["labels"].clone().long()
+            lab[0] = IGNORE_INDEX  # never predicted from the previous sample's last token
+            pieces.append(lab)
+        labels = torch.cat(pieces).unsqueeze(0)
+        position_ids = torch.cat([_four_row_ids(s["position_ids"]) for s in samples], dim=1).unsqueeze(1)
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        _add_pixels(batch, samples)
+        batch.update(_stats(samples, n_skipped, int(input_ids.shape[1]), labels))
+        return batch
+
+
+def pop_stats(batch: dict[str, Any]) -> dict[str, int]:
+    """Remove and return every ``stat_*`` entry of ``batch`` (what the trainer does before the forward)."""
+    return {k: batch.pop(k) for k in [k for k in batch if k.startswith(STAT_PREFIX)]}

@@ -1,0 +1,187 @@
+"""One converted record -> model inputs: chat messages, token ids, labels, pixels and mRoPE position ids.
+
+The text is rendered with the processor's own chat template, exactly as inference renders a prompt
+(``apply_chat_template(..., tokenize=False)`` then ``processor(text=..., images=...)``), so training and
+generation see the same tokens. Labels supervise only what the assistant says: each assistant turn's content
+tokens and its closing ``<|im_end|>``; the system/user turns, the ``<|im_start|>assistant\\n`` headers and the
+newline the template writes after ``<|im_end|>`` are ``-100``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from data_conversion.schema import IMAGE_TAG
+from qwenvl.data.rope import mrope_position_ids
+from qwenvl.model.loading import image_token_count
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "gpt": "assistant"}
+ASSISTANT_HEADER = "<|im_start|>assistant\n"
+IM_END = "<|im_end|>"
+
+
+# ------------------------------------------------------------------------------------------- messages
+def record_images(record: dict) -> list[str]:
+    """The image paths of a record as a list; ``ValueError`` when ``image`` is neither a string nor a list of
+    non-empty strings (a missing ``image`` means a text-only record)."""
+    img = record.get("image")
+    if img is None:
+        return []
+    paths = [img] if isinstance(img, str) else img
+    if not isinstance(paths, list) or not all(isinstance(p, str) and p for p in paths):
+        raise ValueError(f"'image' must be a path or a list of paths, got {img!r}")
+    return list(paths)
+
+
+def _user_content(text: str) -> list[dict[str, str]]:
+    """Split a human turn on ``<image>`` tags: an image item where each tag was, the text between the tags
+    stripped of surrounding whitespace and newlines, empty pieces dropped."""
+    content: list[dict[str, str]] = []
+    for k, piece in enumerate(text.split(IMAGE_TAG)):
+        if k > 0:
+            content.append({"type": "image"})
+        piece = piece.strip()
+        if piece:
+            content.append({"type": "text", "text": piece})
+    return content
+
+
+def _check_turns(conversations: Any) -> list[dict]:
+    if not isinstance(conversations, list) or not conversations:
+        raise ValueError("'conversations' must be a non-empty list of {'from', 'value'} turns")
+    for k, turn in enumerate(conversations):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in ROLES
+            or not isinstance(turn.get("value"), str)
+        ):
+            raise ValueError(
+                f"conversation turn {k} must be {{'from': 'human' | 'gpt', 'value': <string>}}, got {turn!r}"
+            )
+        if turn["from"] == "gpt" and IMAGE_TAG in turn["value"]:
+            raise ValueError(
+                f"conversation turn {k} (gpt) contains an {IMAGE_TAG} tag; tags belong in human turns"
+            )
+    if not any(turn["from"] == "gpt" for turn in conversations):
+        raise ValueError("the conversation has no gpt turn: there is no answer to train on")
+    return conversations
+
+
+def record_to_messages(record: dict) -> list[dict]:
+    """Chat messages (``role`` user/assistant, ``content`` a list of items) for a converted record.
+
+    Each ``<image>`` tag of a human turn becomes a ``{"type": "image"}`` item at the tag's place; multi-turn
+    conversations keep their order. Raises ``ValueError`` naming the problem when the record is malformed, the
+    number of tags differs from the number of images, or there is no gpt turn.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+    turns = _check_turns(record.get("conversations"))
+    images = record_images(record)
+    n_tags = sum(turn["value"].count(IMAGE_TAG) for turn in turns if turn["from"] == "human")
+    if n_tags != len(images):
+        raise ValueError(
+            f"the human turns hold {n_tags} {IMAGE_TAG} tag(s) but the record lists {len(images)} image(s); "
+            f"write one {IMAGE_TAG} per image, in the order of 'image'"
+        )
+    messages = []
+    for turn in turns:
+        if turn["from"] == "human":
+            messages.append({"role": "user", "content": _user_content(turn["value"])})
+        else:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": turn["value"]}]})
+    return messages
+
+
+def render_text(messages: list[dict], processor: Any) -> str:
+    """The chat-template text of ``messages`` (one ``<|image_pad|>`` per image, not yet expanded)."""
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    return text[0] if isinstance(text, list) else text
+
+
+# --------------------------------------------------------------------------------------------- labels
+def assistant_labels(input_ids: torch.Tensor, tokenizer: Any, n_assistant_turns: int) -> torch.Tensor:
+    """Labels for ``input_ids`` (1-D): after each ``<|im_start|>assistant\\n`` header, the tokens up to and
+    including the next ``<|im_end|>`` keep their ids; every other position is ``-100``.
+
+    Raises ``ValueError`` when the headers found differ from ``n_assistant_turns`` or a turn is unterminated.
+    """
+    header = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False)
+    im_end = tokenizer.convert_tokens_to_ids(IM_END)
+    ids = input_ids.tolist()
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    n_found, i, n = 0, 0, len(ids)
+    while i <= n - len(header):
+        if ids[i] != header[0] or ids[i : i + len(header)] != header:
+            i += 1
+            continue
+        start = i + len(header)
+        try:
+            end = ids.index(im_end, start)
+        except ValueError:
+            raise ValueError(f"assistant turn {n_found} (token {start}) has no closing {IM_END}") from None
+        labels[start : end + 1] = input_ids[start : end + 1]
+        n_found += 1
+        i = end + 1
+    if n_found != n_assistant_turns:
+        raise ValueError(
+            f"found {n_found} assistant header(s) {ASSISTANT_HEADER!r} in the rendered text, expected "
+            f"{n_assistant_turns}; the chat template does not render assistant turns as Qwen3-VL's does"
+        )
+    return labels
+
+
+# ------------------------------------------------------------------------------------------- encoding
+def encode_record(record: dict, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    """Tokens, labels, pixels and mRoPE ids for one record whose images are already loaded (in record order).
+
+    Returns ``input_ids`` ``(L,)``, ``labels`` ``(L,)``, ``position_ids`` ``(3, L)`` and, when the record has
+    images, ``pixel_values`` ``(patches, C*T*P*P)`` and ``image_grid_thw`` ``(n_images, 3)``.
+    """
+    messages = record_to_messages(record)
+    n_images = sum(item["type"] == "image" for m in messages for item in m["content"])
+    if len(images) != n_images:
+        raise ValueError(f"the record needs {n_images} image(s), {len(images)} were given")
+    text = render_text(messages, processor)
+    batch = processor(text=[text], images=list(images) or None, return_tensors="pt")
+    input_ids = batch["input_ids"][0].long()
+    grid = batch.get("image_grid_thw") if images else None
+    n_turns = sum(m["role"] == "assistant" for m in messages)
+    out = {
+        "input_ids": input_ids,
+        "labels": assistant_labels(input_ids, processor.tokenizer, n_turns),
+        "position_ids": mrope_position_ids(
+            input_ids, grid, processor.image_token_id, processor.image_processor.merge_size
+        ),
+    }
+    if images:
+        out["pixel_values"] = batch["pixel_values"]
+        out["image_grid_thw"] = grid.long()
+    return out
+
+
+def text_token_count(text: str, processor: Any) -> int:
+    """Tokens of rendered chat text before the processor expands each ``<|image_pad|>``."""
+    return len(processor.tokenizer(text)["input_ids"])
+
+
+def estimate_length(record: dict, processor: Any, image_sizes: Sequence[tuple[int, int]]) -> int:
+    """The exact ``len(encode_record(...)["input_ids"])`` without decoding any pixels.
+
+    ``image_sizes`` are the displayed ``(width, height)`` of the record's images, in order (what
+    ``read_image_size`` returns and what ``meta.image_sizes`` stores). Raises ``ValueError`` like
+    :func:`record_to_messages`, or when the number of sizes differs from the number of images.
+    """
+    messages = record_to_messages(record)
+    n_images = sum(item["type"] == "image" for m in messages for item in m["content"])
+    if len(image_sizes) != n_images:
+        raise ValueError(f"the record has {n_images} image(s) but {len(image_sizes)} size(s) were given")
+    length = text_token_count(render_text(messages, processor), processor)
+    for width, height in image_sizes:
+        length += image_token_count(int(height), int(width), processor) - 1  # the placeholder is expanded
+    return length
