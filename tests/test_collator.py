@@ -12,19 +12,10 @@ from PIL import Image
 
 from qwenvl.data.collator import PackedCollator, PaddedCollator, pop_stats
 from qwenvl.data.processing import IGNORE_INDEX, encode_record
-from qwenvl.model import build_tiny_model, load_model, load_processor
+from qwenvl.model import load_model, load_processor
 
 PAD = 151643  # <|endoftext|>
 ATOL = 1e-5
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen3-VL, built once per test session (shared by the data-pipeline test modules)."""
-    path = tmp_path_factory.getbasetemp() / "tiny_qwen3vl_seed0"
-    if not (path / "model.safetensors").is_file():
-        build_tiny_model(path, seed=0)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,9 @@ from qwenvl.data.processing import (
     estimate_length,
     record_to_messages,
 )
-from qwenvl.model import build_tiny_model, load_processor
+from qwenvl.model import load_processor
 
 GUIDE_MIN_PIXELS, GUIDE_MAX_PIXELS = 784, 50176
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen3-VL, built once per test session (shared by the data-pipeline test modules)."""
-    path = tmp_path_factory.getbasetemp() / "tiny_qwen3vl_seed0"
-    if not (path / "model.safetensors").is_file():
-        build_tiny_model(path, seed=0)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,9 @@ from PIL import Image
 
 from qwenvl.data.processing import record_to_messages, render_text
 from qwenvl.data.rope import mrope_position_ids
-from qwenvl.model import build_tiny_model, load_model, load_processor
+from qwenvl.model import load_model, load_processor
 
 IMG = 9  # a stand-in image token id for the hand-computed cases
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Qwen3-VL, built once per test session (shared by the data-pipeline test modules)."""
-    path = tmp_path_factory.getbasetemp() / "tiny_qwen3vl_seed0"
-    if not (path / "model.safetensors").is_file():
-        build_tiny_model(path, seed=0)
-    return path
 
 
 @pytest.fixture(scope="module")

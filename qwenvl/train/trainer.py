@@ -6,7 +6,10 @@
    offloaded to CPU the same groups go to DeepSpeedCPUAdam (ZeRO-Offload refuses a plain torch optimizer).
 2. Loss normalised per supervised token across gradient accumulation (and across ranks): the loss of a
    micro-batch is its summed token cross-entropy divided by the number of supervised tokens in the whole
-   optimizer step, which the Trainer counts when a ``compute_loss_func`` is given.
+   optimizer step, which the Trainer counts when a ``compute_loss_func`` is given. Logits are computed only
+   at the positions that predict a supervised token (``logits_to_keep``): FLARE answers are a few tokens
+   after hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position
+   would dominate time and memory. The loss is exactly the same.
 3. A vision keep-alive: when the vision tower or mergers are trainable and a micro-batch has no image, the
    tower runs on a dummy 32x32 patch with zero weight, so every rank runs the same collectives under ZeRO-3
    and DDP never waits for gradients that do not come.
@@ -15,18 +18,44 @@
 from __future__ import annotations
 
 import torch
-from transformers import Trainer
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+from qwenvl.data.processing import IGNORE_INDEX
 from qwenvl.train.params import group_learning_rates, optimizer_param_groups
 
 STAT_PREFIX = "stat_"
 
 
 def causal_lm_loss(outputs, labels, num_items_in_batch=None):
-    """Summed token cross-entropy / supervised tokens of the optimizer step (mean when not given)."""
+    """Summed token cross-entropy / supervised tokens of the optimizer step (mean when not given).
+
+    ``labels`` are the usual unshifted labels over the full sequence."""
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
     return ForCausalLMLoss(logits, labels, logits.shape[-1], num_items_in_batch=num_items_in_batch)
+
+
+def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Sequence positions whose next token is supervised in any row (the positions whose logits matter)."""
+    keep = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+
+
+def kept_positions_loss(
+    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, num_items_in_batch=None
+):
+    """The causal LM loss from logits computed at ``keep`` only: position p predicts token p + 1."""
+    targets = labels[:, keep + 1]
+    total = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    if num_items_in_batch is None:
+        num_items_in_batch = (targets != IGNORE_INDEX).sum().clamp(min=1)
+    return total / num_items_in_batch
 
 
 def _tensors(obj):
@@ -50,6 +79,8 @@ class QwenVLTrainer(Trainer):
         # Totals since the start of this process, and since the last log line.
         self.batch_stats = {"num_samples": 0, "num_skipped": 0, "num_tokens": 0, "num_positions": 0}
         self._window_stats = dict.fromkeys(self.batch_stats, 0)
+        self._step_lrs: dict[str, float] = {}
+        self.add_callback(_StepLRRecorder(self))
 
     # -- optimizer --------------------------------------------------------------------------------------
     def _optimizer_offloaded(self) -> bool:
@@ -106,8 +137,13 @@ class QwenVLTrainer(Trainer):
                 value = int(stats.get(key, 0))
                 self.batch_stats[key] += value
                 self._window_stats[key] += value
-        loss_and_outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        loss, outputs = loss_and_outputs
+        labels = inputs.pop("labels")
+        keep = supervised_positions(labels)
+        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        loss = kept_positions_loss(outputs.logits, labels, keep, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # The Trainer averages gradients over ranks; num_items_in_batch already sums all ranks' tokens.
+            loss = loss * self.accelerator.num_processes
         if model.training:
             keepalive = self._vision_keepalive(model, inputs)
             if keepalive is not None:
@@ -123,8 +159,22 @@ class QwenVLTrainer(Trainer):
             logs["tokens"] = w["num_tokens"]
             logs["padding_share"] = round(1.0 - w["num_tokens"] / w["num_positions"], 4)
             self._window_stats = dict.fromkeys(self.batch_stats, 0)
-        if "loss" in logs and self.optimizer is not None:
-            for group in self.optimizer.param_groups:
-                if "name" in group and not group["name"].endswith("_no_decay"):
-                    logs[f"lr_{group['name']}"] = group["lr"]
+        if "loss" in logs:
+            logs.update(self._step_lrs)
         super().log(logs, *args, **kwargs)
+
+    def _record_step_lrs(self) -> None:
+        """The learning rate each group used in the optimizer step just taken (before the scheduler moves)."""
+        self._step_lrs = {
+            f"lr_{g['name']}": g["lr"]
+            for g in self.optimizer.param_groups
+            if "name" in g and not g["name"].endswith("_no_decay")
+        }
+
+
+class _StepLRRecorder(TrainerCallback):
+    def __init__(self, trainer: QwenVLTrainer):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer._record_step_lrs()
