@@ -126,8 +126,6 @@ def check_arguments(
         )
     if args.bf16 and args.fp16:
         problems.append("--bf16 and --fp16 are both set: choose one (bf16 on Ampere or newer GPUs)")
-    if args.deepspeed and isinstance(args.deepspeed, str) and not Path(args.deepspeed).is_file():
-        problems.append(f"--deepspeed {args.deepspeed}: no such file; the shipped configs are in configs/")
     if args.resume_from_checkpoint not in (None, "auto") and not Path(args.resume_from_checkpoint).is_dir():
         problems.append(
             f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such checkpoint folder; give a "
@@ -143,10 +141,30 @@ def check_arguments(
     return problems
 
 
+def _pop_missing_deepspeed(argv: list[str]) -> tuple[list[str], str | None]:
+    """TrainingArguments raises on a missing DeepSpeed file before anything else can be checked: take it out
+    of the arguments (and report it with the rest)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--deepspeed" and i + 1 < len(argv) else None
+        if arg.startswith("--deepspeed="):
+            value = arg.split("=", 1)[1]
+        if value and not value.lstrip().startswith("{") and not Path(value).is_file():
+            span = 2 if arg == "--deepspeed" else 1
+            return argv[:i] + argv[
+                i + span :
+            ], f"--deepspeed {value}: no such file; the shipped configs are in configs/"
+    return argv, None
+
+
 def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    import sys
+
+    argv, missing_deepspeed = _pop_missing_deepspeed(list(sys.argv[1:] if argv is None else argv))
     parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     problems = check_arguments(model_args, data_args, training_args)
+    if missing_deepspeed:
+        problems.append(missing_deepspeed)
     if problems:
         raise ArgumentError(
             f"{len(problems)} problem(s) with the arguments:\n" + "\n".join(f"  - {p}" for p in problems)

@@ -103,6 +103,10 @@ class GracefulStopCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+
 
 class RunRecordCallback(TrainerCallback):
     """The live record of a run, written by rank 0 into the output folder:
@@ -201,7 +205,8 @@ class RunRecordCallback(TrainerCallback):
             self.last_time = now
         record["max_steps"] = state.max_steps
         parts = [f"step {state.global_step}/{state.max_steps}"]
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_s", "tokens_per_s"):
+        keys = ("loss", "eval_loss", "learning_rate", "grad_norm", "samples_per_s", "tokens_per_s")
+        for key in keys + ("train_loss", "train_runtime"):
             if key in record:
                 v = record[key]
                 parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")

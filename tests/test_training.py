@@ -1,0 +1,412 @@
+"""train_qwen.py end to end on the tiny model: argument checks, freeze flags, per-group learning rates and the
+schedule, per-token loss normalisation, ZeRO-3 CPU offload on two processes, resume, SIGTERM, the dry run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from qwenvl.train.arguments import ArgumentError, parse_arguments
+from qwenvl.train.params import LLM, MERGER, VISION, parameter_group
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "qwenvl" / "train" / "train_qwen.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(converted: Path) -> dict:
+    return {
+        **os.environ,
+        "FLARE25_CONVERTED_DIR": str(converted),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _base_args(model: Path, out: Path, **overrides) -> list[str]:
+    opts = {
+        "model_name_or_path": str(model),
+        "dataset_use": "flare_retino,flare_busi_det,flare_neojaundice",
+        "output_dir": str(out),
+        "max_steps": "6",
+        "per_device_train_batch_size": "1",
+        "gradient_accumulation_steps": "2",
+        "learning_rate": "2e-3",
+        "logging_steps": "1",
+        "save_strategy": "no",
+        "report_to": "none",
+        "bf16": "False",
+        "dataloader_num_workers": "0",
+        "seed": "7",
+        "data_seed": "7",
+        "min_pixels": "1024",
+        "max_pixels": "16384",
+    }
+    opts.update({k: str(v) for k, v in overrides.items()})
+    return [x for k, v in opts.items() for x in (f"--{k}", v)]
+
+
+def _torchrun(
+    args: list[str], converted: Path, nproc: int = 1, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={_free_port()}",
+        TRAIN,
+        *args,
+    ]
+    proc = subprocess.run(cmd, env=_env(converted), capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    return proc
+
+
+def _log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line]
+
+
+def _losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _log(out) if "loss" in r}
+
+
+# -------------------------------------------------------------------------------------------- arguments
+def test_invalid_combinations_reported_together(tmp_path):
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "nowhere"),
+        "--output_dir",
+        str(tmp_path),
+        "--dataset_use",
+        "flare_retino",
+        "--tune_mm_vision",
+        "False",
+        "--vision_tower_lr",
+        "1e-6",
+        "--min_pixels",
+        "90000",
+        "--max_pixels",
+        "50176",
+        "--eval_strategy",
+        "steps",
+        "--deepspeed",
+        str(tmp_path / "missing.json"),
+    ]
+    with pytest.raises(ArgumentError) as e:
+        parse_arguments(argv)
+    msg = str(e.value)
+    assert msg.startswith("5 problem(s)")
+    for fragment in (
+        "--tune_mm_vision True",
+        "swap them",
+        "--eval_dataset_use",
+        "missing.json: no such file",
+        "no config.json there",
+    ):
+        assert fragment in msg
+
+
+def test_nothing_to_train_is_an_error(tmp_path):
+    argv = [
+        "--output_dir",
+        str(tmp_path),
+        "--dataset_use",
+        "x",
+        "--tune_mm_mlp",
+        "False",
+        "--tune_mm_llm",
+        "False",
+    ]
+    with pytest.raises(ArgumentError, match="nothing to train"):
+        parse_arguments(argv)
+
+
+def test_unknown_dataset_fails_before_the_model_loads(tiny_dir, demo_converted, tmp_path):
+    args = _base_args(tiny_dir, tmp_path / "out", dataset_use="flare_retino,flare_nope")
+    cmd = [sys.executable, TRAIN, *args]
+    proc = subprocess.run(cmd, env=_env(demo_converted), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "unknown dataset 'flare_nope'" in proc.stderr and "Registered datasets:" in proc.stderr
+    assert "Loading weights" not in proc.stderr + proc.stdout
+
+
+# ------------------------------------------------------------------------------- freeze flags, lrs, schedule
+@pytest.fixture(scope="module")
+def frozen_run(tiny_dir, demo_converted, tmp_path_factory):
+    out = tmp_path_factory.mktemp("frozen")
+    args = _base_args(
+        tiny_dir,
+        out,
+        tune_mm_vision="False",
+        tune_mm_mlp="True",
+        tune_mm_llm="True",
+        mm_projector_lr="4e-3",
+        warmup_steps="2",
+        lr_scheduler_type="cosine",
+        save_strategy="steps",
+        save_steps="3",
+    )
+    _torchrun(args, demo_converted)
+    return out
+
+
+def test_freeze_flags_keep_frozen_parameters_and_move_trained_ones(tiny_dir, frozen_run):
+    before = load_file(tiny_dir / "model.safetensors")
+    after = load_file(frozen_run / "model.safetensors")
+    changed = {VISION: [], MERGER: [], LLM: []}  # per group: did each tensor change?
+    for name, tensor in before.items():
+        changed[parameter_group(name)].append(not torch.equal(tensor, after[name]))
+    assert changed[VISION] and not any(changed[VISION])
+    # The tiny LLM has 2 layers and deepstack feeds layers 0 and 1; features added after the LAST layer reach
+    # only the visual positions' own outputs, which no supervised token reads, so deepstack merger 1 gets no
+    # gradient. Every other merger tensor must move.
+    live = [n for n in before if parameter_group(n) == MERGER and "deepstack_merger_list.1." not in n]
+    assert live and all(not torch.equal(before[n], after[n]) for n in live)
+    assert sum(changed[LLM]) >= len(changed[LLM]) - 2  # every LLM tensor moves (norms may barely)
+
+
+def test_learning_rates_per_group_follow_warmup_and_cosine(frozen_run):
+    records = [r for r in _log(frozen_run) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    total, warmup = 6, 2
+    for r in records:
+        step = r["step"] - 1  # lr used in the step = schedule value before it advanced
+        if step < warmup:
+            factor = step / warmup
+        else:
+            progress = (step - warmup) / (total - warmup)
+            factor = 0.5 * (1 + math.cos(math.pi * progress))
+        assert r["lr_llm"] == pytest.approx(2e-3 * factor, abs=1e-12)
+        assert r["lr_merger"] == pytest.approx(4e-3 * factor, abs=1e-12)
+        assert "lr_vision" not in r  # frozen: no optimizer group
+        assert r["learning_rate"] == pytest.approx(r["lr_merger"]) or r["learning_rate"] == pytest.approx(
+            r["lr_llm"]
+        )
+
+
+def test_every_checkpoint_is_self_contained(frozen_run):
+    for ckpt in ("checkpoint-3", "checkpoint-6"):
+        folder = frozen_run / ckpt
+        names = {p.name for p in folder.iterdir()}
+        assert {"model.safetensors", "config.json", "processor_config.json", "tokenizer.json"} <= names
+        assert {"chat_template.jinja", "run_info.json", "trainer_state.json"} <= names
+        info = json.loads((folder / "run_info.json").read_text())
+        assert info["seed"] == 7
+        assert info["arguments"]["data"]["max_pixels"] == 16384
+        assert info["versions"]["transformers"]
+        assert info["git_commit"]
+        mix = info["datasets"]["train"]["datasets"]
+        assert set(mix) == {"flare_retino", "flare_busi_det", "flare_neojaundice"}
+        assert all(v["kept"] == 6 for v in mix.values())
+        proc = json.loads((folder / "processor_config.json").read_text())
+        assert "16384" in json.dumps(proc)  # the trained pixel limit travels with the checkpoint
+
+
+# --------------------------------------------------------------------------- loss normalisation per token
+def test_loss_is_normalised_per_supervised_token_across_accumulation(
+    tiny_dir, demo_converted, tmp_path, registry_at
+):
+    """SGD with lr 1 and no clipping: the update equals minus the gradient of
+    (sum of token losses over both micro-batches) / (their total supervised tokens)."""
+    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.model import load_model, load_processor
+    from qwenvl.train.trainer import causal_lm_loss
+
+    registry_at(demo_converted)
+    # Two records with different answer lengths: a detection answer (long) and a classification letter.
+    args = _base_args(
+        tiny_dir,
+        tmp_path,
+        dataset_use="flare_busi_det%17,flare_retino%17",
+        max_steps="1",
+        optim="sgd",
+        learning_rate="1.0",
+        weight_decay="0.0",
+        max_grad_norm="0",
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps="1",
+        tune_mm_vision="False",
+    )
+    _torchrun(args, demo_converted)
+
+    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
+    ds = build_supervised_dataset("flare_busi_det%17,flare_retino%17", processor, 4096, seed=7)
+    assert len(ds) == 2
+    collate = PaddedCollator(pad_token_id=processor.tokenizer.pad_token_id)
+    model = load_model(tiny_dir, dtype="float32")
+    model.config.use_cache = False
+    batches = [collate([ds[i]]) for i in range(2)]
+    n_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    per_sample = [int((b["labels"][:, 1:] != -100).sum()) for b in batches]
+    assert per_sample[0] != per_sample[1]
+    for b in batches:
+        labels = b.pop("labels")
+        b = {k: v for k, v in b.items() if not k.startswith("stat_")}
+        loss = causal_lm_loss(model(**b), labels, num_items_in_batch=n_tokens)
+        loss.backward()
+    after = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
+    params = dict(model.named_parameters())
+    for name in (
+        "model.visual.merger.linear_fc2.weight",
+        "model.language_model.layers.1.mlp.down_proj.weight",
+    ):
+        expected = params[name].detach() - params[name].grad
+        torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- DeepSpeed ZeRO-3, 2 processes
+@pytest.mark.slow
+def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path):
+    out = tmp_path / "ds"
+    args = _base_args(
+        tiny_dir,
+        out,
+        deepspeed=str(REPO / "configs" / "zero3_offload.json"),
+        max_steps="8",
+        gradient_accumulation_steps="1",
+        learning_rate="3e-3",
+        mm_projector_lr="6e-3",
+        warmup_steps="1",
+        save_strategy="steps",
+        save_steps="4",
+    )
+    _torchrun(args, demo_converted, nproc=2, timeout=900)
+    losses = _losses(out)
+    assert sorted(losses) == list(range(1, 9))
+    values = list(losses.values())
+    assert all(math.isfinite(v) for v in values)
+    assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.5, values
+    # Per-group learning rates survive DeepSpeed (no optimizer/scheduler block in the config).
+    records = [r for r in _log(out) if "loss" in r]
+    assert records[3]["lr_merger"] == pytest.approx(2 * records[3]["lr_llm"])
+    assert records[0]["lr_llm"] == 0.0 and records[1]["lr_llm"] == pytest.approx(3e-3)
+    for ckpt in ("checkpoint-4", "checkpoint-8"):
+        assert (out / ckpt / "processor_config.json").is_file() and (out / ckpt / "run_info.json").is_file()
+    # The gathered 16-bit save reloads in a fresh process with the Auto classes and generates.
+    code = f"""
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+model = AutoModelForImageTextToText.from_pretrained({str(out)!r})
+proc = AutoProcessor.from_pretrained({str(out)!r})
+msgs = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown?"}}]}}]
+text = proc.apply_chat_template(msgs, add_generation_prompt=True)
+inputs = proc(text=[text], images=[Image.new("RGB", (64, 64), (200, 10, 10))], return_tensors="pt")
+ids = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+print("GENERATED", ids.shape[1] - inputs["input_ids"].shape[1], type(model).__name__)
+"""
+    gen = subprocess.run(
+        [sys.executable, "-c", code], env=_env(demo_converted), capture_output=True, text=True
+    )
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert "GENERATED" in gen.stdout and "Qwen3VLForConditionalGeneration" in gen.stdout
+    assert int(gen.stdout.split()[1]) >= 1
+
+
+# --------------------------------------------------------------------------------------------- resume
+def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tiny_dir, demo_converted, tmp_path):
+    full = tmp_path / "full"
+    args = dict(save_strategy="steps", save_steps="3", max_steps="6", warmup_steps="1")
+    _torchrun(_base_args(tiny_dir, full, **args), demo_converted)
+    reference = _losses(full)
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    # The record as an interrupted run would have left it: steps 1-5 written, checkpoint at 3.
+    lines = (full / "train_log.jsonl").read_text().splitlines()
+    kept = [
+        line for line in lines if json.loads(line).get("step", 0) <= 5 and "event" not in json.loads(line)
+    ]
+    (resumed / "train_log.jsonl").write_text("\n".join(kept) + "\n")
+    shutil.copy(full / "run.json", resumed / "run.json")
+    proc = _torchrun(_base_args(tiny_dir, resumed, resume_from_checkpoint="auto", **args), demo_converted)
+    assert "Resuming from" in proc.stderr + proc.stdout and "checkpoint-3" in proc.stderr + proc.stdout
+
+    again = _losses(resumed)
+    steps = [r["step"] for r in _log(resumed) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]  # no step lost or duplicated in the record
+    for step in (4, 5, 6):
+        assert again[step] == pytest.approx(reference[step], rel=1e-5), (again, reference)
+    assert json.loads((resumed / "run.json").read_text())["resumed_at_step"] == 3
+
+
+# ------------------------------------------------------------------------------------------------ SIGTERM
+def test_sigterm_saves_a_checkpoint_and_stops_cleanly(tiny_dir, demo_converted, tmp_path):
+    out = tmp_path / "stop"
+    args = _base_args(tiny_dir, out, max_steps="400", save_strategy="steps", save_steps="1000")
+    cmd = [sys.executable, TRAIN, *args]
+    proc = subprocess.Popen(
+        cmd, env=_env(demo_converted), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 240
+    log = out / "train_log.jsonl"
+    while time.time() < deadline and not (log.exists() and len(_losses(out)) >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output[-3000:]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1, output[-2000:]
+    step = int(checkpoints[0].name.split("-")[1])
+    assert 2 <= step < 400
+    assert (checkpoints[0] / "processor_config.json").is_file()
+    assert json.loads((out / "run.json").read_text())["status"] == "stopped"
+    assert "SIGTERM received" in output
+
+
+# ------------------------------------------------------------------------------------------------ dry run
+def test_dry_run_script_prints_losses_and_leaves_nothing(tiny_dir, demo_converted, tmp_path):
+    env = {
+        **_env(demo_converted),
+        "MODEL_PATH": str(tiny_dir),
+        "DEEPSPEED": "none",
+        "GRAD_ACCUM": "1",
+        "DATALOADER_WORKERS": "0",
+        "MIN_PIXELS": "1024",
+        "MAX_PIXELS": "16384",
+        "SKIP_SYNC": "1",
+        "TMPDIR": str(tmp_path),
+    }
+    proc = subprocess.run(
+        ["bash", "scripts/dry_run.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "Qwen3-VL finetune" in out and "CPU only" in out  # the script says what it is about to do
+    assert [f"step    {i}" in out for i in range(1, 6)] == [True] * 5
+    assert "peak RSS" in out and "all steps finite" in out
+    assert list(tmp_path.iterdir()) == []  # the temporary run folder is gone: no checkpoint left behind
+
+
+def test_dry_run_summary_fails_on_nan(tmp_path):
+    from qwenvl.train.dry_run import summarize
+
+    rows = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": float("nan")}]
+    (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ok, text = summarize(tmp_path, expected_steps=2)
+    assert not ok and "NaN or infinite at steps [2]" in text
+    ok, text = summarize(tmp_path, expected_steps=3)
+    assert "only 2 of 3 steps" in text
