@@ -398,7 +398,9 @@ def test_dry_run_script_prints_losses_and_leaves_nothing(tiny_dir, demo_converte
     assert "Qwen3-VL finetune" in out and "CPU only" in out  # the script says what it is about to do
     assert [f"step    {i}" in out for i in range(1, 6)] == [True] * 5
     assert "peak RSS" in out and "all steps finite" in out
-    assert list(tmp_path.iterdir()) == []  # the temporary run folder is gone: no checkpoint left behind
+    assert "qwen3vl_dry_run." in out
+    assert list(tmp_path.glob("qwen3vl_dry_run.*")) == []  # the run folder is gone: no checkpoint left behind
+    assert list(tmp_path.rglob("checkpoint-*")) == []
 
 
 def test_dry_run_summary_fails_on_nan(tmp_path):

@@ -57,6 +57,24 @@ class DataArguments:
         default=50176, metadata={"help": "Most pixels per image after resizing (50176 = 49 visual tokens)."}
     )
     min_pixels: int = field(default=784, metadata={"help": "Fewest pixels per image after resizing."})
+    data_flatten: bool = field(
+        default=False,
+        metadata={
+            "help": "Padding-free packing: whole samples are packed into rows of at most --packing_max_tokens "
+            "tokens (no padding, samples never attend to each other); --per_device_train_batch_size then "
+            "counts packs per micro-batch. Same as --data_packing."
+        },
+    )
+    data_packing: bool = field(default=False, metadata={"help": "Alias of --data_flatten."})
+    packing_max_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of one pack with --data_flatten (default: --model_max_length)."},
+    )
+
+    @property
+    def packing(self) -> bool:
+        """Whether training batches are packed (``--data_flatten`` or ``--data_packing``)."""
+        return self.data_flatten or self.data_packing
 
 
 @dataclass
@@ -77,6 +95,41 @@ class TrainingArguments(transformers.TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator builds exactly the model's inputs."}
     )
+    warmup_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the total steps used for linear warmup (the guide's flag; transformers 5 "
+            "folded it into --warmup_steps, which this sets). Give this or --warmup_steps, not both."
+        },
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio:
+            if not 0 < self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1), e.g. 0.03")
+            if self.warmup_steps:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio  # a float below 1 is a ratio of the total steps
+        super().__post_init__()
+    lora_enable: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters instead of the full LLM (base weights frozen; fits a 24 GB GPU "
+            "without DeepSpeed). The tune flags still decide what else trains fully, e.g. the mergers with "
+            "--tune_mm_mlp True. Checkpoints hold the adapter; scripts/merge_lora.py makes a full model."
+        },
+    )
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=128, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "Comma-separated names of the language model's linear layers that get adapters."},
+    )
+    lora_vision: bool = field(
+        default=False,
+        metadata={"help": "Also put adapters on every linear layer of the vision blocks."},
+    )
 
 
 class ArgumentError(ValueError):
@@ -90,9 +143,21 @@ def check_arguments(
     problems: list[str] = []
     if not data_args.dataset_use:
         problems.append("--dataset_use is empty: name the training sets, e.g. --dataset_use flare_retino%100")
-    if not (model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm):
+    lora_vision = args.lora_enable and args.lora_vision
+    if not (model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm or lora_vision):
         problems.append(
             "nothing to train: --tune_mm_vision, --tune_mm_mlp and --tune_mm_llm are all False; set one to True"
+        )
+    problems.extend(_lora_problems(model_args, args))
+    packing_budget = data_args.packing_max_tokens
+    if packing_budget is not None and packing_budget < args.model_max_length:
+        problems.append(
+            f"--packing_max_tokens {packing_budget} is below --model_max_length {args.model_max_length}: a "
+            "sample that long would fit no pack; raise --packing_max_tokens or lower --model_max_length"
+        )
+    if packing_budget is not None and not data_args.packing:
+        problems.append(
+            "--packing_max_tokens is set but packing is off: add --data_flatten True or drop the budget"
         )
     if args.vision_tower_lr is not None and not model_args.tune_mm_vision:
         problems.append(
@@ -137,6 +202,27 @@ def check_arguments(
         problems.append(
             f"--model_name_or_path {model_args.model_name_or_path}: no config.json there. Give a model folder, "
             "a checkpoint-N folder, or a hub id such as Qwen/Qwen3-VL-4B-Instruct"
+        )
+    return problems
+
+
+def _lora_problems(model_args: ModelArguments, args: TrainingArguments) -> list[str]:
+    problems: list[str] = []
+    if not args.lora_enable:
+        if args.lora_vision:
+            problems.append("--lora_vision needs --lora_enable True")
+        return problems
+    if args.lora_r < 1 or args.lora_alpha <= 0 or not 0.0 <= args.lora_dropout < 1.0:
+        problems.append(
+            f"LoRA settings r={args.lora_r}, alpha={args.lora_alpha}, dropout={args.lora_dropout}: need r >= 1, "
+            "alpha > 0 and 0 <= dropout < 1"
+        )
+    if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
+        problems.append("--lora_target_modules is empty; the default is q_proj,k_proj,v_proj,o_proj,gate_proj,...")
+    if args.lora_vision and model_args.tune_mm_vision:
+        problems.append(
+            "--lora_vision with --tune_mm_vision True would train the vision blocks twice (fully and through "
+            "adapters): choose one"
         )
     return problems
 

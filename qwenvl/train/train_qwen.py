@@ -13,20 +13,31 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 
-def _init_cpu_distributed(argv: list[str]) -> None:
-    """DeepSpeed on CPU: start the gloo process group before TrainingArguments exist, so that ZeRO-3
-    partitioned loading and the batch-size check see every rank."""
+def _init_cpu_distributed(argv: list[str]) -> list[str]:
+    """DeepSpeed without a GPU (the demo, CI): set up the gloo process group and accelerate's DeepSpeed state
+    before TrainingArguments exist, and tell TrainingArguments to use that state.
+
+    Left alone, accelerate sees no GPU backend and reports a world size of 1, so DeepSpeed's batch-size check
+    fails with 2 processes and ZeRO-3 partitioned loading would not see every rank."""
     import torch
 
-    if "--deepspeed" not in " ".join(argv) or torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
-        return
-    import deepspeed
+    on_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv)
+    if not on_deepspeed or torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
+        return argv
+    if any(a.startswith("--accelerator_config") for a in argv):
+        return argv  # the user configures accelerate themselves
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    from accelerate import PartialState
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    PartialState(backend="gloo")
+    config = Path(tempfile.gettempdir()) / f"qwenvl_accelerate_configured_state_{os.getpid()}.json"
+    config.write_text(json.dumps({"use_configured_state": True}))
+    return [*argv, "--accelerator_config", str(config)]
 
 
 def _resolve_resume(args, log) -> str | None:
@@ -47,8 +58,7 @@ def _resolve_resume(args, log) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    _init_cpu_distributed(argv)
+    argv = _init_cpu_distributed(sys.argv[1:] if argv is None else argv)
 
     import transformers
 
@@ -60,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.collator import PackedCollator, PaddedCollator
     from qwenvl.data.dataset import build_supervised_dataset
     from qwenvl.model import load_model, load_processor
     from qwenvl.train.callbacks import (
@@ -126,19 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(model.config, "text_config"):
         model.config.text_config.use_cache = False
     apply_freeze(model, model_args.tune_mm_vision, model_args.tune_mm_mlp, model_args.tune_mm_llm)
-    if args.gradient_checkpointing and not model_args.tune_mm_llm:
+    if args.gradient_checkpointing and (args.lora_enable or not model_args.tune_mm_llm):
         model.enable_input_require_grads()  # checkpointed layers need an input that requires grad
+    if args.lora_enable:
+        from qwenvl.train.lora import LoraSettings, apply_lora
+
+        settings = LoraSettings.from_args(args, tune_llm=model_args.tune_mm_llm)
+        model = apply_lora(model, settings, model_args.tune_mm_vision, model_args.tune_mm_mlp)
 
     pad_id = processor.tokenizer.pad_token_id
+    collator_class = PackedCollator if data_args.packing else PaddedCollator
+    packing_max_tokens = (data_args.packing_max_tokens or args.model_max_length) if data_args.packing else None
     trainer = QwenVLTrainer(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=PaddedCollator(pad_token_id=pad_id),
+        data_collator=collator_class(pad_token_id=pad_id),
         processing_class=processor,
         vision_lr=args.vision_tower_lr,
         merger_lr=args.mm_projector_lr,
+        packing_max_tokens=packing_max_tokens,
     )
     files = CheckpointFilesCallback(processor, run_info)
     stopper = GracefulStopCallback()
