@@ -28,9 +28,9 @@ py scripts/make_demo_model.py --output_dir "$DEMO_DIR/model"
 step "5/5 training on the five starter datasets (CPU, no DeepSpeed)"
 rm -rf "$DEMO_DIR/output/demo_starter"
 MODEL_PATH="$DEMO_DIR/model" OUTPUT_DIR="$DEMO_DIR/output/demo_starter" RUN_NAME=demo_starter \
-    EVAL_DATASETS=flare_neojaundice_val,flare_retino_val,flare_busi_det_val,flare_boneresorption_val,flare_bone_marrow_val \
+    EVAL_DATASETS=flare_neojaundice_val%25,flare_retino_val%25,flare_busi_det_val%25,flare_boneresorption_val%25,flare_bone_marrow_val%25 \
     LR=${DEMO_LR:-2e-3} EPOCHS=${DEMO_EPOCHS:-3} GRAD_ACCUM=${DEMO_GRAD_ACCUM:-4} BATCH_SIZE=1 \
-    TUNE_MM_VISION=True SAVE_STEPS=${DEMO_SAVE_STEPS:-50} EVAL_STEPS=${DEMO_EVAL_STEPS:-50} \
+    TUNE_MM_VISION=True SAVE_STEPS=${DEMO_SAVE_STEPS:-60} EVAL_STEPS=${DEMO_EVAL_STEPS:-60} \
     LOGGING_STEPS=5 DATALOADER_WORKERS=1 GRADIENT_CHECKPOINTING=False \
     DEEPSPEED=none REPORT_TO=none NPROC_PER_NODE=1 \
     bash scripts/sft_qwen3_4b_flare.sh
