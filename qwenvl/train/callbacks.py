@@ -180,6 +180,7 @@ class RunRecordCallback(TrainerCallback):
             else json.loads((self.dir / RUN_FILE).read_text()).get("start_time", now),
             resumed_at_step=state.global_step if resumed else None,
             pid=os.getpid(),
+            hostname=platform.node(),
             argv=sys.argv,
             args=self.run_args,
         )
