@@ -1,0 +1,121 @@
+"""Ask a checkpoint one question about one or more images, as evaluation would.
+
+The question goes through the same record -> prompt path as training and evaluation
+(:func:`qwenvl.eval.generate.make_record`, :func:`~qwenvl.eval.generate.build_prompt`), with the checkpoint's
+training pixel limits. For box tasks (``task_type`` detection / instance_detection, or boxes found in the
+answer) the boxes are also given in pixels of the first image: the model speaks Qwen3-VL's 0-1000 grid
+(``box_format="qwen1000"``, what the converter trains on); ``box_format="pixel"`` keeps them as written.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_conversion.boxes import GRID
+from data_conversion.dataset_configs import BOX_TASKS, INSTANCE_DETECTION, normalize_task_type
+from data_conversion.images import read_image_size
+from data_conversion.schema import BOX_PIXEL, BOX_QWEN1000
+from qwenvl.eval.generate import Generator, as_generation, make_record
+from qwenvl.eval.parsing import boxes_to_pixels, parse_answer, parse_boxes, parse_instances
+
+
+@dataclass
+class InferenceResult:
+    """The answer text, its parsed value (when a task type was given), and boxes in pixels of the first
+    image (``None`` when the answer holds no boxes)."""
+
+    text: str
+    task_type: str | None
+    parsed: Any
+    boxes: Any
+    image: str
+    image_size: tuple[int, int]
+    error: str | None = None
+
+
+def answer_boxes(text: str, task_type: str | None) -> Any:
+    """Boxes in an answer as written: per the task type for box tasks, else any bracketed four-number boxes
+    (``None`` when there are none)."""
+    if task_type == INSTANCE_DETECTION:
+        return parse_instances(text) or None
+    boxes = parse_boxes(text)
+    return boxes or None
+
+
+def boxes_in_pixels(boxes: Any, size: tuple[int, int], box_format: str) -> Any:
+    """Grid boxes -> pixels of an image of ``size`` (width, height); pixel boxes unchanged."""
+    if boxes is None or box_format == BOX_PIXEL:
+        return boxes
+    return boxes_to_pixels(boxes, *size)
+
+
+def infer_with(
+    generator: Generator,
+    images: Sequence[str | os.PathLike],
+    question: str,
+    task_type: str | None = None,
+    box_format: str = BOX_QWEN1000,
+) -> InferenceResult:
+    """Answer ``question`` about ``images`` with ``generator`` (a :class:`~qwenvl.eval.generate.BatchGenerator`
+    or any stand-in)."""
+    if not images:
+        raise ValueError("give at least one image")
+    if box_format not in (BOX_QWEN1000, BOX_PIXEL):
+        raise ValueError(f"box_format must be {BOX_QWEN1000!r} or {BOX_PIXEL!r}, got {box_format!r}")
+    task = normalize_task_type(task_type) if task_type else None
+    if task_type and task is None:
+        raise ValueError(f"unknown task type {task_type!r}")
+    for image in images:
+        if not Path(image).expanduser().is_file():
+            raise FileNotFoundError(f"image not found: {image}")
+    record = make_record(images, question, task)
+    generation = as_generation(generator([record])[0])
+    first = str(Path(images[0]).expanduser())
+    size = read_image_size(first)
+    parsed = parse_answer(generation.text, task, question) if task else None
+    boxes = None
+    if task in BOX_TASKS or task is None:
+        boxes = boxes_in_pixels(answer_boxes(generation.text, task), size, box_format)
+    return InferenceResult(generation.text, task, parsed, boxes, first, size, generation.error)
+
+
+def format_result(result: InferenceResult, box_format: str = BOX_QWEN1000) -> str:
+    """What ``scripts/infer.py`` prints."""
+    if result.error:
+        return f"error: {result.error}"
+    lines = [f"answer: {result.text}"]
+    if result.task_type and result.task_type not in BOX_TASKS:
+        lines.append(
+            f"parsed ({result.task_type}): {result.parsed if result.parsed is not None else 'unparsable'}"
+        )
+    if result.boxes is not None:
+        w, h = result.image_size
+        unit = f"0-{GRID} grid -> pixels" if box_format == BOX_QWEN1000 else "pixels as written"
+        lines.append(f"boxes in pixels of {result.image} ({w}x{h}, {unit}): {result.boxes}")
+    elif result.task_type in BOX_TASKS:
+        lines.append("boxes: none could be read from the answer")
+    return "\n".join(lines)
+
+
+def infer(
+    model_path: str | os.PathLike,
+    images: Sequence[str | os.PathLike],
+    question: str,
+    task_type: str | None = None,
+    box_format: str = BOX_QWEN1000,
+    max_new_tokens: int | None = None,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> InferenceResult:
+    """Load ``model_path`` (its processor and training pixel limits) and answer one question."""
+    from qwenvl.eval.generate import BatchGenerator, load_for_generation
+
+    loaded = load_for_generation(model_path, min_pixels, max_pixels, dtype, device)
+    generator = BatchGenerator(loaded.model, loaded.processor, 1, max_new_tokens, progress=False)
+    return infer_with(generator, images, question, task_type, box_format)
