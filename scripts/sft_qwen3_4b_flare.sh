@@ -9,6 +9,9 @@
 #   MODEL_PATH=demo/model NPROC_PER_NODE=2 bash scripts/sft_qwen3_4b_flare.sh --resume_from_checkpoint auto
 # On a machine without a GPU, bf16 is turned off and DeepSpeed runs on CPU (gloo), so the embedded demo model
 # (MODEL_PATH=<folder made by scripts/make_demo_model.py>) trains with the same script.
+# Faster (docs/performance.md): DATA_FLATTEN=True packs whole samples into MAX_LENGTH-token rows (no padding;
+# BATCH_SIZE then counts packs, e.g. BATCH_SIZE=1 GRAD_ACCUM=1 is ~20 samples per step); LORA_ENABLE=True trains
+# LoRA adapters instead of the full LLM (fits a 24 GB GPU with DEEPSPEED=none).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 
 read -r HAS_CUDA GPU_COUNT BF16_OK < <("${RUN[@]}" python -c "import torch; c = torch.cuda.is_available(); \
@@ -50,6 +53,13 @@ DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 SEED=${SEED:-42}
 DEEPSPEED=${DEEPSPEED:-configs/zero3_offload.json}   # "none" trains without DeepSpeed
 REPORT_TO=${REPORT_TO:-wandb}                         # wandb | tensorboard | none
+DATA_FLATTEN=${DATA_FLATTEN:-False}                   # True: padding-free packing (BATCH_SIZE counts packs)
+PACKING_MAX_TOKENS=${PACKING_MAX_TOKENS:-}            # pack budget (default: MAX_LENGTH)
+LORA_ENABLE=${LORA_ENABLE:-False}                     # True: LoRA adapters on the LLM (24 GB GPUs: DEEPSPEED=none)
+LORA_R=${LORA_R:-64}
+LORA_ALPHA=${LORA_ALPHA:-128}
+LORA_DROPOUT=${LORA_DROPOUT:-0.05}
+LORA_VISION=${LORA_VISION:-False}
 BF16=${BF16:-$([ "$BF16_OK" = 1 ] && echo True || echo False)}
 
 # wandb without a key would stop the run at its login prompt: fall back to offline logging, and say so.
@@ -81,7 +91,11 @@ args=(
     --dataloader_num_workers "$DATALOADER_WORKERS"
     --seed "$SEED" --data_seed "$SEED"
     --report_to "$REPORT_TO"
+    --data_flatten "$DATA_FLATTEN"
 )
+[ -n "$PACKING_MAX_TOKENS" ] && args+=(--packing_max_tokens "$PACKING_MAX_TOKENS")
+[ "$LORA_ENABLE" = True ] && args+=(--lora_enable True --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA"
+    --lora_dropout "$LORA_DROPOUT" --lora_vision "$LORA_VISION")
 [ "$DEEPSPEED" != "none" ] && args+=(--deepspeed "$DEEPSPEED")
 [ -n "$EVAL_DATASETS" ] && args+=(--eval_dataset_use "$EVAL_DATASETS" --eval_strategy steps --eval_steps "$EVAL_STEPS")
 [ -n "$MM_PROJECTOR_LR" ] && args+=(--mm_projector_lr "$MM_PROJECTOR_LR")
@@ -100,6 +114,7 @@ Qwen3-VL finetune
   batch        $BATCH_SIZE per device x $GRAD_ACCUM accumulation x $((NPROC_PER_NODE * NNODES)) processes
   optimisation lr $LR ($LR_SCHEDULER, warmup $WARMUP_RATIO), weight decay $WEIGHT_DECAY, epochs $EPOCHS, max steps $MAX_STEPS
   precision    bf16=$BF16   deepspeed=$DEEPSPEED   report_to=$REPORT_TO
+  packing      $DATA_FLATTEN${PACKING_MAX_TOKENS:+ (budget $PACKING_MAX_TOKENS tokens)}   lora=$LORA_ENABLE (r $LORA_R, alpha $LORA_ALPHA)
   extra args   ${*:-none}
 ================================================================================
 EOF

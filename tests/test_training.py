@@ -325,6 +325,75 @@ print("GENERATED", ids.shape[1] - inputs["input_ids"].shape[1], type(model).__na
     assert int(gen.stdout.split()[1]) >= 1
 
 
+@pytest.mark.slow
+def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_converted, tmp_path):
+    """Half the records are text-only: with a trainable vision tower under ZeRO-3, a rank whose micro-batch has
+    no image must still take part in the tower's parameter gathers, or the other rank hangs."""
+    records = json.loads((demo_converted / "retino_train.json").read_text())
+    mixed = []
+    for i, rec in enumerate(records):
+        if i % 2:
+            human = rec["conversations"][0]["value"].replace("<image>\n", "")
+            rec = {"conversations": [{"from": "human", "value": human}, rec["conversations"][1]]}
+        mixed.append(rec)
+    data = tmp_path / "mixed.json"
+    data.write_text(json.dumps(mixed))
+    out = tmp_path / "mixed_run"
+    args = _base_args(
+        tiny_dir,
+        out,
+        dataset_use=str(data),
+        deepspeed=str(REPO / "configs" / "zero3.json"),
+        tune_mm_vision="True",
+        max_steps="3",
+        gradient_accumulation_steps="1",
+    )
+    _torchrun(args, demo_converted, nproc=2, timeout=600)
+    assert sorted(_losses(out)) == [1, 2, 3]
+    report = json.loads((out / "dataset_report.json").read_text())["train"]
+    assert report["total_kept"] == len(mixed)
+
+
+def test_dummy_image_for_text_only_batches_leaves_the_loss_unchanged(tiny_dir, tmp_path):
+    """The keep-alive image is appended after the last real token: same loss, and the vision tower now gets a
+    (zero) gradient, i.e. it took part in the step."""
+    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.processing import encode_record
+    from qwenvl.model import load_model, load_processor
+    from qwenvl.train.arguments import TrainingArguments
+    from qwenvl.train.trainer import QwenVLTrainer
+
+    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
+    records = [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        for q, a in [("What is 2+2?", "4"), ("Name a colour of the sky on a clear day.", "blue, mostly")]
+    ]
+    batch = PaddedCollator(processor.tokenizer.pad_token_id)(
+        [encode_record(r, processor, []) for r in records]
+    )
+    model = load_model(tiny_dir, dtype="float32")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = QwenVLTrainer(model=model, args=args, processing_class=processor)
+    model.train()
+
+    def loss_of(tune_vision: bool) -> torch.Tensor:
+        for p in model.model.visual.parameters():
+            p.requires_grad_(tune_vision)
+        model.zero_grad()
+        inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss = trainer.compute_loss(model, inputs)
+        loss.backward()
+        return loss.detach(), "pixel_values" in inputs
+
+    plain, had_image = loss_of(False)
+    assert not had_image
+    with_dummy, had_image = loss_of(True)
+    assert had_image
+    torch.testing.assert_close(with_dummy, plain, rtol=0, atol=1e-6)
+    grad = model.model.visual.patch_embed.proj.weight.grad
+    assert grad is not None and torch.count_nonzero(grad) == 0
+
+
 # --------------------------------------------------------------------------------------------- resume
 def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tiny_dir, demo_converted, tmp_path):
     full = tmp_path / "full"

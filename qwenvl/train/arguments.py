@@ -70,6 +70,16 @@ class DataArguments:
         default=None,
         metadata={"help": "Token budget of one pack with --data_flatten (default: --model_max_length)."},
     )
+    generation_eval_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Every N optimizer steps, generate on a small fixed validation subset and log FLARE metrics "
+            "(gen_<dataset>_<metric>). 0 = off. Slow under ZeRO-3 offload: see docs/evaluation.md."
+        },
+    )
+    generation_eval_samples: int = field(
+        default=4, metadata={"help": "Records per validation dataset for --generation_eval_steps."}
+    )
 
     @property
     def packing(self) -> bool:
@@ -95,22 +105,6 @@ class TrainingArguments(transformers.TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator builds exactly the model's inputs."}
     )
-    warmup_ratio: float = field(
-        default=0.0,
-        metadata={
-            "help": "Fraction of the total steps used for linear warmup (the guide's flag; transformers 5 "
-            "folded it into --warmup_steps, which this sets). Give this or --warmup_steps, not both."
-        },
-    )
-
-    def __post_init__(self):
-        if self.warmup_ratio:
-            if not 0 < self.warmup_ratio < 1:
-                raise ValueError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1), e.g. 0.03")
-            if self.warmup_steps:
-                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
-            self.warmup_steps = self.warmup_ratio  # a float below 1 is a ratio of the total steps
-        super().__post_init__()
     lora_enable: bool = field(
         default=False,
         metadata={
@@ -130,6 +124,22 @@ class TrainingArguments(transformers.TrainingArguments):
         default=False,
         metadata={"help": "Also put adapters on every linear layer of the vision blocks."},
     )
+    warmup_ratio: float = field(
+        default=0.0,
+        metadata={
+            "help": "Fraction of the total steps used for linear warmup (the guide's flag; transformers 5 "
+            "folded it into --warmup_steps, which this sets). Give this or --warmup_steps, not both."
+        },
+    )
+
+    def __post_init__(self):
+        if self.warmup_ratio:
+            if not 0 < self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio {self.warmup_ratio} must be in [0, 1), e.g. 0.03")
+            if self.warmup_steps:
+                raise ValueError("give --warmup_ratio or --warmup_steps, not both")
+            self.warmup_steps = self.warmup_ratio  # a float below 1 is a ratio of the total steps
+        super().__post_init__()
 
 
 class ArgumentError(ValueError):
@@ -176,6 +186,8 @@ def check_arguments(
         problems.append(
             f"--max_pixels {data_args.max_pixels} is below one visual token (32x32 = 1024 pixels); use >= 1024"
         )
+    if data_args.generation_eval_steps < 0 or data_args.generation_eval_samples < 1:
+        problems.append("--generation_eval_steps must be >= 0 and --generation_eval_samples >= 1")
     if args.model_max_length < 64:
         problems.append(f"--model_max_length {args.model_max_length} is too short for any sample; use >= 64")
     eval_on = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
@@ -218,7 +230,9 @@ def _lora_problems(model_args: ModelArguments, args: TrainingArguments) -> list[
             "alpha > 0 and 0 <= dropout < 1"
         )
     if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
-        problems.append("--lora_target_modules is empty; the default is q_proj,k_proj,v_proj,o_proj,gate_proj,...")
+        problems.append(
+            "--lora_target_modules is empty; the default is q_proj,k_proj,v_proj,o_proj,gate_proj,..."
+        )
     if args.lora_vision and model_args.tune_mm_vision:
         problems.append(
             "--lora_vision with --tune_mm_vision True would train the vision blocks twice (fully and through "

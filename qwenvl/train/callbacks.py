@@ -171,13 +171,13 @@ class RunRecordCallback(TrainerCallback):
             self._truncate_after(state.global_step)
         self.last_step = state.global_step
         now = time.strftime("%Y-%m-%dT%H:%M:%S")
+        run_file = self.dir / RUN_FILE
+        earlier = json.loads(run_file.read_text()) if resumed and run_file.exists() else {}
         self._update_run_file(
             status="running",
             max_steps=state.max_steps,
             num_train_epochs=args.num_train_epochs,
-            start_time=now
-            if not resumed
-            else json.loads((self.dir / RUN_FILE).read_text()).get("start_time", now),
+            start_time=earlier.get("start_time", now),
             resumed_at_step=state.global_step if resumed else None,
             pid=os.getpid(),
             hostname=platform.node(),

@@ -47,7 +47,9 @@ def parameter_counts(model: torch.nn.Module) -> OrderedDict[str, dict[str, int]]
     counts = OrderedDict((g, {"total": 0, "trainable": 0}) for g in GROUPS)
     seen: set[int] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
+        if (
+            id(param) in seen or ".original_module." in name
+        ):  # PEFT keeps a frozen copy of fully trained modules
             continue
         seen.add(id(param))
         group = counts[parameter_group(name)]

@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from qwenvl.data.collator import PackedCollator, PaddedCollator
     from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.eval.callback import GenerationEvalCallback, generation_eval_records
     from qwenvl.model import load_model, load_processor
     from qwenvl.train.callbacks import (
         CheckpointFilesCallback,
@@ -108,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             if data_args.eval_dataset_use
             else None
         )
+        gen_records = (
+            generation_eval_records(
+                data_args.dataset_use, data_args.eval_dataset_use, data_args.generation_eval_samples
+            )
+            if data_args.generation_eval_steps > 0
+            else None
+        )
     except (ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
@@ -128,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.output_dir) / "dataset_report.json").write_text(json.dumps(run_info["datasets"], indent=2))
 
-    dtype = "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32")
+    # DeepSpeed keeps fp32 master weights itself, and LoRA's trained weights stay fp32 inside peft, so those
+    # load in half precision. A plain full finetune loads fp32 and lets --bf16 autocast the compute: bf16
+    # weights updated in place would lose updates around 1e-5 to rounding.
+    half = "bfloat16" if args.bf16 else ("float16" if args.fp16 else "float32")
+    dtype = half if (args.deepspeed or args.lora_enable) else "float32"
     model = load_model(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation
     )
@@ -146,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
 
     pad_id = processor.tokenizer.pad_token_id
     collator_class = PackedCollator if data_args.packing else PaddedCollator
-    packing_max_tokens = (data_args.packing_max_tokens or args.model_max_length) if data_args.packing else None
+    packing_max_tokens = (
+        (data_args.packing_max_tokens or args.model_max_length) if data_args.packing else None
+    )
     trainer = QwenVLTrainer(
         model=model,
         args=args,
@@ -162,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     stopper = GracefulStopCallback()
     for cb in (files, stopper, RunRecordCallback(args.output_dir, run_args)):
         trainer.add_callback(cb)
+    if gen_records:
+        trainer.add_callback(
+            GenerationEvalCallback(
+                gen_records, processor, data_args.generation_eval_steps, log_fn=trainer.log
+            )
+        )
     log.info("Parameters per group:\n%s", parameter_table(model, trainer.group_lrs))
 
     resume = _resolve_resume(args, log)

@@ -10,22 +10,28 @@
    at the positions that predict a supervised token (``logits_to_keep``): FLARE answers are a few tokens
    after hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position
    would dominate time and memory. The loss is exactly the same.
-3. A vision keep-alive: when the vision tower or mergers are trainable and a micro-batch has no image, the
-   tower runs on a dummy 32x32 patch with zero weight, so every rank runs the same collectives under ZeRO-3
-   and DDP never waits for gradients that do not come.
+3. A vision keep-alive: when the vision tower or mergers are trainable and a micro-batch has no image, a
+   one-token dummy image is appended after the last real token (labels -100). Every rank then runs the same
+   modules in the same order (vision tower, then LLM) and reduces the same gradients under ZeRO-3, so no rank
+   waits on another; tokens after the last real one cannot change any earlier position, so the loss is exact.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
 
+from qwenvl.data.packing import PackedBatchSampler, PackedEpochCallback, packed_dataloader, unshard
 from qwenvl.data.processing import IGNORE_INDEX
 from qwenvl.train.params import group_learning_rates, optimizer_param_groups
 
 STAT_PREFIX = "stat_"
+logger = logging.getLogger(__name__)
 
 
 def causal_lm_loss(outputs, labels, num_items_in_batch=None):
@@ -58,29 +64,55 @@ def kept_positions_loss(
     return total / num_items_in_batch
 
 
-def _tensors(obj):
-    if torch.is_tensor(obj):
-        yield obj
-    elif isinstance(obj, dict) or hasattr(obj, "to_tuple"):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
-
-
 class QwenVLTrainer(Trainer):
     """``Trainer`` with per-group learning rates, per-token loss, the vision keep-alive and batch statistics."""
 
-    def __init__(self, *args, vision_lr=None, merger_lr=None, **kwargs):
+    def __init__(
+        self, *args, vision_lr=None, merger_lr=None, packing_max_tokens: int | None = None, **kwargs
+    ):
         kwargs.setdefault("compute_loss_func", causal_lm_loss)
         super().__init__(*args, **kwargs)
         self.group_lrs = group_learning_rates(self.args.learning_rate, vision_lr, merger_lr)
+        self.packing_max_tokens = packing_max_tokens
+        self.packed_sampler: PackedBatchSampler | None = None
+        self._packed_epochs: PackedEpochCallback | None = None
+        self._window_step = 0
         # Totals since the start of this process, and since the last log line.
         self.batch_stats = {"num_samples": 0, "num_skipped": 0, "num_tokens": 0, "num_positions": 0}
         self._window_stats = dict.fromkeys(self.batch_stats, 0)
         self._step_lrs: dict[str, float] = {}
         self.add_callback(_StepLRRecorder(self))
+
+    # -- data -------------------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """Padded batches as usual; with ``packing_max_tokens``, packs of whole samples from
+        :class:`PackedBatchSampler` (``per_device_train_batch_size`` packs per micro-batch, one row)."""
+        if self.packing_max_tokens is None:
+            return super().get_train_dataloader()
+        if self.train_dataset is None or not hasattr(self.train_dataset, "lengths"):
+            raise ValueError("packing needs a training dataset with per-sample token lengths (.lengths)")
+        args = self.args
+        sampler = PackedBatchSampler(
+            self.train_dataset.lengths,
+            self.packing_max_tokens,
+            packs_per_batch=args.per_device_train_batch_size,
+            num_replicas=args.world_size,
+            rank=args.process_index,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+        )
+        loader = self.accelerator.prepare(
+            packed_dataloader(self.train_dataset, sampler, self.data_collator, args)
+        )
+        unshard(loader, sampler)
+        steps_per_epoch = math.ceil(len(sampler) / args.gradient_accumulation_steps)
+        if self._packed_epochs is None:
+            self._packed_epochs = PackedEpochCallback(sampler, steps_per_epoch)
+            self.add_callback(self._packed_epochs)
+        self._packed_epochs.sampler, self._packed_epochs.steps_per_epoch = sampler, max(steps_per_epoch, 1)
+        self.packed_sampler = sampler
+        if self.is_world_process_zero():
+            logger.info("Packing: %s", sampler.summary(0).describe())
+        return loader
 
     # -- optimizer --------------------------------------------------------------------------------------
     def _optimizer_offloaded(self) -> bool:
@@ -114,21 +146,40 @@ class QwenVLTrainer(Trainer):
         return self.optimizer
 
     # -- loss -------------------------------------------------------------------------------------------
-    def _vision_keepalive(self, model, inputs) -> torch.Tensor | None:
+    def _add_dummy_image(self, model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        """For an image-less micro-batch with a trainable vision side: append ``<|vision_start|><|image_pad|>
+        <|vision_end|>`` with a blank 32x32 image after the last position (row 0; pads elsewhere), labels -100.
+        Returns the extended labels; ``inputs`` is extended in place."""
         if "pixel_values" in inputs:
-            return None
+            return labels
         inner = self.accelerator.unwrap_model(model)
+        if hasattr(inner, "get_base_model"):  # a PEFT (LoRA) wrapper
+            inner = inner.get_base_model()
         visual = getattr(getattr(inner, "model", inner), "visual", None)
         if visual is None or not any(p.requires_grad for p in visual.parameters()):
-            return None
-        vc = inner.config.vision_config
+            return labels
+        cfg, vc = inner.config, inner.config.vision_config
+        ids = inputs["input_ids"]
+        rows, length = ids.shape
+        pad = self.processing_class.tokenizer.pad_token_id if self.processing_class is not None else 0
+        extra = torch.full((rows, 3), pad, dtype=ids.dtype, device=ids.device)
+        extra[0] = torch.tensor([cfg.vision_start_token_id, cfg.image_token_id, cfg.vision_end_token_id])
+        inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+        if "attention_mask" in inputs:
+            mask = torch.zeros((rows, 3), dtype=inputs["attention_mask"].dtype, device=ids.device)
+            mask[0] = 1
+            inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask], dim=1)
+        if "position_ids" in inputs:
+            pos = inputs["position_ids"]  # (4, rows, length): continue each row's positions
+            step = torch.arange(1, 4, device=pos.device).view(1, 1, 3)
+            inputs["position_ids"] = torch.cat([pos, pos[..., -1:] + step], dim=2)
         dim = vc.in_channels * vc.temporal_patch_size * vc.patch_size**2
         merge = vc.spatial_merge_size
         param = next(visual.parameters())
-        pixels = torch.zeros(merge * merge, dim, device=param.device, dtype=param.dtype)
-        grid = torch.tensor([[1, merge, merge]], device=param.device)
-        out = visual(pixels, grid_thw=grid)
-        return sum(t.float().sum() for t in _tensors(out) if t.is_floating_point()) * 0.0
+        inputs["pixel_values"] = torch.zeros(merge * merge, dim, device=ids.device, dtype=param.dtype)
+        inputs["image_grid_thw"] = torch.tensor([[1, merge, merge]], device=ids.device)
+        ignore = torch.full((rows, 3), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+        return torch.cat([labels, ignore], dim=1)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stats = {k[len(STAT_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(STAT_PREFIX)}
@@ -139,15 +190,13 @@ class QwenVLTrainer(Trainer):
                 self._window_stats[key] += value
         labels = inputs.pop("labels")
         keep = supervised_positions(labels)
+        if model.training:
+            labels = self._add_dummy_image(model, inputs, labels)
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss = kept_positions_loss(outputs.logits, labels, keep, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The Trainer averages gradients over ranks; num_items_in_batch already sums all ranks' tokens.
             loss = loss * self.accelerator.num_processes
-        if model.training:
-            keepalive = self._vision_keepalive(model, inputs)
-            if keepalive is not None:
-                loss = loss + keepalive
         return (loss, outputs) if return_outputs else loss
 
     # -- logging ----------------------------------------------------------------------------------------
@@ -158,6 +207,11 @@ class QwenVLTrainer(Trainer):
             logs["skipped_samples"] = self.batch_stats["num_skipped"]
             logs["tokens"] = w["num_tokens"]
             logs["padding_share"] = round(1.0 - w["num_tokens"] / w["num_positions"], 4)
+            # The effective batch of one optimizer step (this rank's counts x the number of ranks).
+            steps = max(self.state.global_step - self._window_step, 1)
+            logs["samples_per_step"] = round(w["num_samples"] * self.args.world_size / steps, 2)
+            logs["tokens_per_step"] = round(w["num_tokens"] * self.args.world_size / steps, 1)
+            self._window_step = self.state.global_step
             self._window_stats = dict.fromkeys(self.batch_stats, 0)
         if "loss" in logs:
             logs.update(self._step_lrs)
@@ -175,6 +229,9 @@ class QwenVLTrainer(Trainer):
 class _StepLRRecorder(TrainerCallback):
     def __init__(self, trainer: QwenVLTrainer):
         self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._window_step = state.global_step
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._record_step_lrs()
