@@ -95,7 +95,9 @@ def _cfg(name, modality, task_types, **kw) -> tuple[str, DatasetConfig]:
 
 FLARE_DATASETS: dict[str, DatasetConfig] = dict(
     [
-        _cfg("retino", "Retinography", [CLASSIFICATION], starter=True, known_counts={"train": 1113, "val": 279}),
+        _cfg(
+            "retino", "Retinography", [CLASSIFICATION], starter=True, known_counts={"train": 1113, "val": 279}
+        ),
         _cfg("fundus", "Retinography", [CLASSIFICATION]),
         _cfg("BUSI-det", "Ultrasound", [DETECTION], starter=True, known_counts={"train": 517, "val": 130}),
         _cfg("BUS-UCLM-det", "Ultrasound", [DETECTION], known_counts={"val": 45}),
