@@ -199,6 +199,8 @@ def test_learning_rates_per_group_follow_warmup_and_cosine(frozen_run):
         assert r["lr_llm"] == pytest.approx(2e-3 * factor, abs=1e-12)
         assert r["lr_merger"] == pytest.approx(4e-3 * factor, abs=1e-12)
         assert "lr_vision" not in r  # frozen: no optimizer group
+        assert r["samples"] == 2 and 0 < r["supervised_tokens"] < r["tokens"]  # batch 1 x accumulation 2
+        assert r["supervised_tokens_per_s"] > 0 and r["padding_share"] == 0.0
         assert r["learning_rate"] == pytest.approx(r["lr_merger"]) or r["learning_rate"] == pytest.approx(
             r["lr_llm"]
         )

@@ -113,7 +113,7 @@ class RunRecordCallback(TrainerCallback):
 
     - ``run.json``: total steps, start time, status, the run's arguments;
     - ``train_log.jsonl``: one JSON line per logging step (step, epoch, loss, learning rate, grad norm,
-      samples/s, tokens/s, elapsed seconds, memory) and per evaluation;
+      samples/s, tokens/s, supervised tokens/s, elapsed seconds, memory) and per evaluation;
     - ``train.log``: the same, human-readable (``tail -f output/<run>/*.log``).
 
     A resumed run appends; lines for steps after the resumed checkpoint (written before the interruption)
@@ -202,6 +202,8 @@ class RunRecordCallback(TrainerCallback):
                 record["samples_per_s"] = round(logs["samples"] / dt, 3)
             if "tokens" in logs:
                 record["tokens_per_s"] = round(logs["tokens"] / dt, 1)
+            if "supervised_tokens" in logs:
+                record["supervised_tokens_per_s"] = round(logs["supervised_tokens"] / dt, 1)
             record.update(self._memory())
             self.last_time = now
         record["max_steps"] = state.max_steps

@@ -78,7 +78,13 @@ class QwenVLTrainer(Trainer):
         self._packed_epochs: PackedEpochCallback | None = None
         self._window_step = 0
         # Totals since the start of this process, and since the last log line.
-        self.batch_stats = {"num_samples": 0, "num_skipped": 0, "num_tokens": 0, "num_positions": 0}
+        self.batch_stats = {
+            "num_samples": 0,
+            "num_skipped": 0,
+            "num_tokens": 0,
+            "num_positions": 0,
+            "num_supervised": 0,
+        }
         self._window_stats = dict.fromkeys(self.batch_stats, 0)
         self._step_lrs: dict[str, float] = {}
         self.add_callback(_StepLRRecorder(self))
@@ -206,6 +212,7 @@ class QwenVLTrainer(Trainer):
             logs["samples"] = w["num_samples"]
             logs["skipped_samples"] = self.batch_stats["num_skipped"]
             logs["tokens"] = w["num_tokens"]
+            logs["supervised_tokens"] = w["num_supervised"]
             logs["padding_share"] = round(1.0 - w["num_tokens"] / w["num_positions"], 4)
             # The effective batch of one optimizer step (this rank's counts x the number of ranks).
             steps = max(self.state.global_step - self._window_step, 1)
