@@ -294,7 +294,10 @@ def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path):
         save_strategy="steps",
         save_steps="4",
     )
-    _torchrun(args, demo_converted, nproc=2, timeout=900)
+    proc = _torchrun(args, demo_converted, nproc=2, timeout=900)
+    # The offloaded optimizer is DeepSpeed's CPU Adam, built from our named groups.
+    log = proc.stderr + proc.stdout
+    assert "Optimizer: DeepSpeedCPUAdam with groups" in log and "merger lr=6.00e-03" in log
     losses = _losses(out)
     assert sorted(losses) == list(range(1, 9))
     values = list(losses.values())

@@ -149,6 +149,9 @@ class QwenVLTrainer(Trainer):
             cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             kwargs.pop("lr", None)  # every group has its own
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
+        if self.is_world_process_zero():
+            summary = ", ".join(f"{g['name']} lr={g['lr']:.2e} ({len(g['params'])} tensors)" for g in groups)
+            logger.info("Optimizer: %s with groups %s", type(self.optimizer).__name__, summary)
         return self.optimizer
 
     # -- loss -------------------------------------------------------------------------------------------
