@@ -150,6 +150,16 @@ def test_unknown_dataset_fails_before_the_model_loads(tiny_dir, demo_converted, 
     assert "Loading weights" not in proc.stderr + proc.stdout
 
 
+def test_hub_id_offline_gives_a_clear_error(demo_converted, tmp_path):
+    args = _base_args(Path("x"), tmp_path / "out")
+    args[1] = "Qwen/Qwen3-VL-4B-Instruct"
+    proc = subprocess.run(
+        [sys.executable, TRAIN, *args], env=_env(demo_converted), capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert "not in the local Hugging Face cache" in proc.stderr and "Traceback" not in proc.stderr
+
+
 # ------------------------------------------------------------------------------- freeze flags, lrs, schedule
 @pytest.fixture(scope="module")
 def frozen_run(tiny_dir, demo_converted, tmp_path_factory):

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     from qwenvl.data.collator import PackedCollator, PaddedCollator
     from qwenvl.data.dataset import build_supervised_dataset
     from qwenvl.eval.callback import GenerationEvalCallback, generation_eval_records
-    from qwenvl.model import load_model, load_processor
+    from qwenvl.model import ModelNotFoundError, load_model, load_processor
     from qwenvl.train.callbacks import (
         CheckpointFilesCallback,
         GracefulStopCallback,
@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("train_qwen")
     transformers.set_seed(args.seed)
 
-    processor = load_processor(
-        model_args.model_name_or_path, min_pixels=data_args.min_pixels, max_pixels=data_args.max_pixels
-    )
+    try:
+        processor = load_processor(
+            model_args.model_name_or_path, min_pixels=data_args.min_pixels, max_pixels=data_args.max_pixels
+        )
+    except ModelNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         train_ds = build_supervised_dataset(
             data_args.dataset_use, processor, args.model_max_length, seed=args.seed, require_labels=True
