@@ -107,17 +107,19 @@ class QuestionFileError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2, default=None) -> None:
     """Write ``obj`` as JSON to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 
     A reader never sees a half-written file, and an interrupted run leaves the previous version intact.
+    ``default`` is passed to ``json.dump`` (e.g. ``str`` for values JSON cannot represent). Training and
+    evaluation write their JSON files through this function too.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False)
+            json.dump(obj, f, indent=indent, ensure_ascii=False, default=default)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -792,12 +794,9 @@ def resolve_datasets(names: Iterable[str]) -> list[str]:
     out: list[str] = []
     for name in names:
         try:
-            real = resolve_dataset_name(name)
+            real = resolve_dataset_name(name.strip())
         except KeyError as e:
-            try:  # resolve_dataset_name strips a lower-case "flare_" prefix only
-                real = resolve_dataset_name(name.strip().lower())
-            except KeyError:
-                raise ValueError(e.args[0]) from None
+            raise ValueError(e.args[0]) from None
         if real not in out:
             out.append(real)
     return out

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_conversion.converter import write_json_atomic
 from data_conversion.dataset_configs import (
     BOX_TASKS,
     CLASSIFICATION,
@@ -336,10 +337,6 @@ def count_by_dataset(outputs: Sequence[Prediction]) -> dict[str, dict[str, int]]
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _write_raw_outputs(path: Path, records: Sequence[dict], outputs: Sequence[Prediction]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record, p in zip(records, outputs):
@@ -439,9 +436,9 @@ def evaluate_records(
         log.warning(
             "%d records were rebuilt from meta (their raw question file is gone or changed)", scored.n_rebuilt
         )
-    _write_json(out_dir / PREDICTIONS, scored.predictions)
+    write_json_atomic(out_dir / PREDICTIONS, scored.predictions)
     _write_raw_outputs(out_dir / RAW_OUTPUTS, records, outputs)
-    _write_json(out_dir / SUMMARY, summary)
+    write_json_atomic(out_dir / SUMMARY, summary)
     result = EvaluationResult(
         out_dir, scored.predictions, outputs, summary, files=[PREDICTIONS, RAW_OUTPUTS, SUMMARY]
     )
@@ -463,7 +460,7 @@ def evaluate_records(
     if other is not None:
         result.comparison = compare_markdown(metrics, other, _label(out_dir), _label(Path(compare_dir)))
         markdown += "\n" + result.comparison
-    _write_json(out_dir / METRICS_JSON, metrics)
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
     (out_dir / METRICS_MD).write_text(markdown, encoding="utf-8")
     write_chart(metrics, out_dir / METRICS_PNG, other, _label(out_dir), _label(Path(compare_dir or ".")))
     result.files += [METRICS_JSON, METRICS_MD, METRICS_PNG]

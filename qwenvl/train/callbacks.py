@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from data_conversion.converter import write_json_atomic
 from data_conversion.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
@@ -53,12 +54,6 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 class CheckpointFilesCallback(TrainerCallback):
     """Makes every checkpoint loadable on its own: the processor (with the trained pixel limits and the chat
     template) and ``run_info.json`` (resolved arguments, dataset mix with counts, seed, versions, git commit)
@@ -72,7 +67,7 @@ class CheckpointFilesCallback(TrainerCallback):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.processor.save_pretrained(folder)
-        _write_json(folder / RUN_INFO, self.run_info)
+        write_json_atomic(folder / RUN_INFO, self.run_info, default=str)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
@@ -145,7 +140,7 @@ class RunRecordCallback(TrainerCallback):
         path = self.dir / RUN_FILE
         current = json.loads(path.read_text()) if path.exists() else {}
         current.update(fields)
-        _write_json(path, current)
+        write_json_atomic(path, current, default=str)
 
     def _append(self, record: dict, text: str) -> None:
         with open(self.dir / TRAIN_LOG_JSONL, "a") as f:
