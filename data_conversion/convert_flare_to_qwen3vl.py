@@ -26,8 +26,8 @@ from data_conversion.converter import (  # noqa: E402
     summary_notes,
     summary_table,
 )
-from data_conversion.dataset_configs import FLARE_DATASETS, STARTER_DATASETS  # noqa: E402
-from data_conversion.paths import default_converted_dir, default_raw_dir  # noqa: E402
+from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS  # noqa: E402
+from qwenvl.flare.paths import default_converted_dir, default_raw_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

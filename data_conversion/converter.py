@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -32,8 +31,8 @@ from typing import Any
 from rich.table import Table
 from tqdm import tqdm
 
-from data_conversion.boxes import convert_boxes, is_box
-from data_conversion.dataset_configs import (
+from qwenvl.flare.boxes import convert_boxes, is_box
+from qwenvl.flare.datasets import (
     BOX_TASKS,
     CLASSIFICATION,
     COUNTING,
@@ -49,8 +48,9 @@ from data_conversion.dataset_configs import (
     normalize_task_type,
     resolve_dataset_name,
 )
-from data_conversion.images import MISSING, ImageInfo, inspect_image
-from data_conversion.schema import (
+from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
+from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.schema import (
     BOX_PIXEL,
     BOX_QWEN1000,
     IMAGE_TAG,
@@ -105,28 +105,6 @@ class QuestionFileError(ValueError):
 # ----------------------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2, default=None) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
-
-    A reader never sees a half-written file, and an interrupted run leaves the previous version intact.
-    ``default`` is passed to ``json.dump`` (e.g. ``str`` for values JSON cannot represent). Training and
-    evaluation write their JSON files through this function too.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent, ensure_ascii=False, default=default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ImageCache:

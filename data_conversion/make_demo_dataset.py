@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data_conversion.dataset_configs import (
+from qwenvl.flare.datasets import (
     FLARE_DATASETS,
     IMAGE_FOLDERS,
     QUESTION_FILE_SUFFIX,
     SPLIT_FOLDERS,
 )
-from data_conversion.schema import (
+from qwenvl.flare.schema import (
     SKIP_CORRUPT_IMAGE,
     SKIP_DUPLICATE,
     SKIP_EMPTY_ANSWER,

@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, w
 
 from rich.console import Console  # noqa: E402
 
-from data_conversion.converter import write_json_atomic  # noqa: E402
-from data_conversion.paths import default_converted_dir  # noqa: E402
 from data_conversion.validation import describe_issues, validate, validation_table  # noqa: E402
+from qwenvl.flare.jsonio import write_json_atomic  # noqa: E402
+from qwenvl.flare.paths import default_converted_dir  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,11 +24,11 @@ from typing import Any
 
 from rich.table import Table
 
-from data_conversion.boxes import GRID, is_box
 from data_conversion.converter import REPORT_NAME
-from data_conversion.dataset_configs import BOX_TASKS, INSTANCE_DETECTION
-from data_conversion.images import MISSING, ImageInfo, inspect_image
-from data_conversion.schema import BOX_QWEN1000, IMAGE_TAG, images_of
+from qwenvl.flare.boxes import GRID, is_box
+from qwenvl.flare.datasets import BOX_TASKS, INSTANCE_DETECTION
+from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
+from qwenvl.flare.schema import BOX_QWEN1000, IMAGE_TAG, images_of
 
 # Check names used in the report's "errors" / "warnings" entries.
 UNREADABLE_FILE = "unreadable_file"

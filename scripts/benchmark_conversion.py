@@ -23,10 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import PIL  # noqa: E402
 
-from data_conversion.converter import convert, write_json_atomic  # noqa: E402
-from data_conversion.dataset_configs import STARTER_DATASETS  # noqa: E402
+from data_conversion.converter import convert  # noqa: E402
 from data_conversion.make_demo_dataset import make_demo_dataset  # noqa: E402
-from data_conversion.paths import REPO_ROOT  # noqa: E402
+from qwenvl.flare.datasets import STARTER_DATASETS  # noqa: E402
+from qwenvl.flare.jsonio import write_json_atomic  # noqa: E402
+from qwenvl.flare.paths import REPO_ROOT  # noqa: E402
 
 TARGET_RECORDS = 5000
 SPLITS = ("train", "val")

@@ -50,7 +50,7 @@ def demo_converted(demo_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     from data_conversion.converter import convert
 
     out = tmp_path_factory.mktemp("demo_converted")
-    from data_conversion.dataset_configs import FLARE_DATASETS
+    from qwenvl.flare.datasets import FLARE_DATASETS
 
     convert(demo_raw, out, datasets=list(FLARE_DATASETS), splits=("train", "val", "test"), progress=False)
     return out

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from data_conversion.boxes import convert_boxes, grid_to_pixel, is_box, pixel_to_grid
+from qwenvl.flare.boxes import convert_boxes, grid_to_pixel, is_box, pixel_to_grid
 
 SIZES = [(37, 53), (100, 100), (333, 500), (640, 480), (1024, 768), (1999, 1500), (2000, 2000), (2000, 811)]
 

@@ -16,7 +16,6 @@ from PIL import Image, ImageOps
 
 from data_conversion import convert_flare_to_qwen3vl as cli
 from data_conversion import converter
-from data_conversion.boxes import grid_to_pixel
 from data_conversion.converter import (
     AnswerError,
     ConversionInputError,
@@ -26,10 +25,11 @@ from data_conversion.converter import (
     resolve_datasets,
     write_json_atomic,
 )
-from data_conversion.dataset_configs import FLARE_DATASETS, STARTER_DATASETS
-from data_conversion.images import check_image, inspect_image, load_rgb, read_image_size, to_rgb
 from data_conversion.make_demo_dataset import make_demo_dataset
-from data_conversion.paths import REPO_ROOT
+from qwenvl.flare.boxes import grid_to_pixel
+from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS
+from qwenvl.flare.images import check_image, inspect_image, load_rgb, read_image_size, to_rgb
+from qwenvl.flare.paths import REPO_ROOT
 
 SPS = 3  # samples_per_split of the demo trees
 ALL_SPLITS = ["train", "val", "test"]

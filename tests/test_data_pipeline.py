@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from data_conversion.images import load_rgb
 from qwenvl.data import data_dict
 from qwenvl.data.dataset import SupervisedDataset, build_supervised_dataset
 from qwenvl.data.processing import (
@@ -20,6 +19,7 @@ from qwenvl.data.processing import (
     estimate_length,
     record_to_messages,
 )
+from qwenvl.flare.images import load_rgb
 from qwenvl.model import load_processor
 
 GUIDE_MIN_PIXELS, GUIDE_MAX_PIXELS = 784, 50176

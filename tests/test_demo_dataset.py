@@ -14,13 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from data_conversion.dataset_configs import (
-    CLASSIFICATION,
-    FLARE_DATASETS,
-    IMAGE_FOLDERS,
-    SPLIT_FOLDERS,
-    normalize_task_type,
-)
 from data_conversion.make_demo_dataset import (
     COUNT_CELL,
     DEMO_DEFECTS,
@@ -33,6 +26,13 @@ from data_conversion.make_demo_dataset import (
     demo_defects,
     make_demo_dataset,
     question_file_name,
+)
+from qwenvl.flare.datasets import (
+    CLASSIFICATION,
+    FLARE_DATASETS,
+    IMAGE_FOLDERS,
+    SPLIT_FOLDERS,
+    normalize_task_type,
 )
 
 N = 4  # default samples_per_split

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from data_conversion.dataset_configs import TASK_TYPES
 from qwenvl.data.processing import record_to_messages, render_text
 from qwenvl.eval.callback import (
     GenerationEvalCallback,
@@ -36,6 +35,7 @@ from qwenvl.eval.generate import (
 )
 from qwenvl.eval.infer import format_result, infer_with
 from qwenvl.eval.scoring import score_records
+from qwenvl.flare.datasets import TASK_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
 PIXELS = ["--min_pixels", "1024", "--max_pixels", "16384"]  # at most 16 visual tokens per image: fast

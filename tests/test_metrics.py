@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwenvl.eval.metrics import (
+from qwenvl.flare.metrics import (
     accuracy,
     balanced_accuracy,
     bleu4,
@@ -18,7 +18,7 @@ from qwenvl.eval.metrics import (
     prf_from_counts,
     rouge_l,
 )
-from qwenvl.eval.parsing import parse_multilabel
+from qwenvl.flare.parsing import parse_multilabel
 
 # ----------------------------------------------------------------------------------------------- classification
 

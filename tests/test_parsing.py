@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qwenvl.eval.parsing import (
+from qwenvl.flare.parsing import (
     boxes_to_grid,
     boxes_to_pixels,
     normalize_classification_gt,

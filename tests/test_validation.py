@@ -10,9 +10,9 @@ import pytest
 
 from data_conversion import validate_conversion as cli
 from data_conversion.converter import REPORT_NAME, convert
-from data_conversion.dataset_configs import FLARE_DATASETS
 from data_conversion.make_demo_dataset import make_demo_dataset
 from data_conversion.validation import errors_by, validate
+from qwenvl.flare.datasets import FLARE_DATASETS
 
 SPS = 2
 

@@ -28,8 +28,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_conversion.dataset_configs import FLARE_DATASETS, STARTER_DATASETS, registry_name
-from data_conversion.paths import default_converted_dir
+from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS, registry_name
+from qwenvl.flare.paths import default_converted_dir
 
 LABELLED_SPLITS = ("train", "val")
 CONVERT_SCRIPT = "uv run python data_conversion/convert_flare_to_qwen3vl.py"

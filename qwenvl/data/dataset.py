@@ -18,9 +18,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from data_conversion.images import load_rgb, read_image_size
 from qwenvl.data import load_annotations, resolve_datasets
 from qwenvl.data.processing import encode_record, estimate_length, record_images, record_to_messages
+from qwenvl.flare.images import load_rgb, read_image_size
 
 logger = logging.getLogger(__name__)
 

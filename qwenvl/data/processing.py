@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from data_conversion.schema import IMAGE_TAG
 from qwenvl.data.rope import mrope_position_ids
+from qwenvl.flare.schema import IMAGE_TAG
 from qwenvl.model.loading import image_token_count
 
 IGNORE_INDEX = -100

@@ -12,7 +12,15 @@ A generator turns model text into challenge answers with ``parse_answer`` (plus 
 tasks trained on the 0-1000 grid). Importing this package loads no model and no torch.
 """
 
-from qwenvl.eval.metrics import (
+from qwenvl.eval.scoring import (
+    load_ground_truth,
+    load_predictions,
+    metrics_markdown,
+    record_key,
+    score_files,
+    score_records,
+)
+from qwenvl.flare.metrics import (
     balanced_accuracy,
     bleu4,
     detection_f1,
@@ -23,7 +31,7 @@ from qwenvl.eval.metrics import (
     multilabel_micro_f1,
     rouge_l,
 )
-from qwenvl.eval.parsing import (
+from qwenvl.flare.parsing import (
     boxes_to_grid,
     boxes_to_pixels,
     parse_answer,
@@ -34,14 +42,6 @@ from qwenvl.eval.parsing import (
     parse_number,
     parse_options,
     parse_report,
-)
-from qwenvl.eval.scoring import (
-    load_ground_truth,
-    load_predictions,
-    metrics_markdown,
-    record_key,
-    score_files,
-    score_records,
 )
 
 __all__ = [

@@ -3,7 +3,7 @@
 :func:`run_evaluation` (what ``scripts/evaluate_flare.py`` calls) resolves the datasets of one split from the
 registry, loads a checkpoint with its training pixel limits, generates, and hands everything to
 :func:`evaluate_records`, which needs only records and a :data:`~qwenvl.eval.generate.Generator` (tests inject
-fakes). Per record, the model text is parsed for its task type with :func:`qwenvl.eval.parsing.parse_answer`;
+fakes). Per record, the model text is parsed for its task type with :func:`qwenvl.flare.parsing.parse_answer`;
 boxes of records converted on the 0-1000 grid (``meta.box_format == "qwen1000"``) go back to pixels of the
 original image (``meta.image_sizes``). Answers that do not parse are kept verbatim and counted, never dropped.
 
@@ -33,8 +33,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_conversion.converter import write_json_atomic
-from data_conversion.dataset_configs import (
+from qwenvl.eval.generate import (
+    Generation,
+    Generator,
+    as_generation,
+    max_new_tokens_for,
+    record_task,
+)
+from qwenvl.eval.scoring import metrics_markdown, score_records
+from qwenvl.flare.datasets import (
     BOX_TASKS,
     CLASSIFICATION,
     COUNTING,
@@ -48,16 +55,9 @@ from data_conversion.dataset_configs import (
     registry_name,
     resolve_dataset_name,
 )
-from data_conversion.schema import BOX_QWEN1000
-from qwenvl.eval.generate import (
-    Generation,
-    Generator,
-    as_generation,
-    max_new_tokens_for,
-    record_task,
-)
-from qwenvl.eval.parsing import boxes_to_pixels, clean_text, parse_answer
-from qwenvl.eval.scoring import metrics_markdown, score_records
+from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.parsing import boxes_to_pixels, clean_text, parse_answer
+from qwenvl.flare.schema import BOX_QWEN1000
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A prompt is the record rendered by the training code's own :func:`qwenvl.data.processing.record_to_messages`
 minus its final assistant message, through the processor's chat template with ``add_generation_prompt=True``:
 the tokens the model saw before each answer during training (:func:`build_prompt`). Images are loaded with
-:func:`data_conversion.images.load_rgb` and resized by the processor under the checkpoint's pixel limits
+:func:`qwenvl.flare.images.load_rgb` and resized by the processor under the checkpoint's pixel limits
 (:func:`resolve_pixel_limits`: ``--min/max_pixels`` if given, else the training arguments in the checkpoint's
 ``run_info.json``, else the processor's saved limits).
 
@@ -31,7 +31,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from data_conversion.dataset_configs import (
+from qwenvl.data.processing import record_images, record_to_messages
+from qwenvl.flare.datasets import (
     CLASSIFICATION,
     COUNTING,
     DETECTION,
@@ -41,12 +42,10 @@ from data_conversion.dataset_configs import (
     REPORT_GENERATION,
     normalize_task_type,
 )
-from data_conversion.images import load_rgb
-from qwenvl.data.processing import record_images, record_to_messages
+from qwenvl.flare.images import load_rgb
+from qwenvl.flare.runfiles import RUN_INFO
 
 log = logging.getLogger(__name__)
-
-RUN_INFO = "run_info.json"
 
 # New-token budget per task type: a letter or a number is a handful of tokens; Qwen's tokenizer spends one
 # token per digit, so a box costs about 20 tokens, a chromosome instance answer (dozens of boxes) hundreds.

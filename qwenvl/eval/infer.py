@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_conversion.boxes import GRID
-from data_conversion.dataset_configs import BOX_TASKS, INSTANCE_DETECTION, normalize_task_type
-from data_conversion.images import read_image_size
-from data_conversion.schema import BOX_PIXEL, BOX_QWEN1000
 from qwenvl.eval.generate import Generator, as_generation, make_record
-from qwenvl.eval.parsing import boxes_to_pixels, parse_answer, parse_boxes, parse_instances
+from qwenvl.flare.boxes import GRID
+from qwenvl.flare.datasets import BOX_TASKS, INSTANCE_DETECTION, normalize_task_type
+from qwenvl.flare.images import read_image_size
+from qwenvl.flare.parsing import boxes_to_pixels, parse_answer, parse_boxes, parse_instances
+from qwenvl.flare.schema import BOX_PIXEL, BOX_QWEN1000
 
 
 @dataclass

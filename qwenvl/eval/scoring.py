@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data_conversion.dataset_configs import (
+from qwenvl.flare import metrics as M
+from qwenvl.flare.datasets import (
     CLASSIFICATION,
     COUNTING,
     DETECTION,
@@ -29,13 +30,12 @@ from data_conversion.dataset_configs import (
     TASK_TYPES,
     normalize_task_type,
 )
-from data_conversion.schema import REQUIRED_RAW_FIELDS
-from qwenvl.eval import metrics as M
-from qwenvl.eval.parsing import (
+from qwenvl.flare.parsing import (
     normalize_classification_gt,
     parse_answer,
     parse_options,
 )
+from qwenvl.flare.schema import REQUIRED_RAW_FIELDS
 
 log = logging.getLogger(__name__)
 

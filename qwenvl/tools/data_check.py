@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_conversion.paths import REPO_ROOT, default_converted_dir
-from data_conversion.schema import IMAGE_TAG
+from qwenvl.flare.paths import REPO_ROOT, default_converted_dir
+from qwenvl.flare.schema import IMAGE_TAG
 
 DEFAULT_MODEL = "Qwen/Qwen3-VL-4B-Instruct"
 DEMO_MODEL_DIR = REPO_ROOT / "demo" / "model"
@@ -368,7 +368,7 @@ def _sample_images(
 
 def run_image_tests(ann: AnnotationResult, cfg: DataCheckConfig) -> ImageResult:
     """Existence of every image of the datasets, and a full decode (training loader) of a seeded sample."""
-    from data_conversion.images import load_rgb
+    from qwenvl.flare.images import load_rgb
 
     res = ImageResult()
     owner: dict[str, tuple[str, int]] = {}

@@ -16,15 +16,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from data_conversion.converter import write_json_atomic
-from data_conversion.paths import REPO_ROOT
+from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.paths import REPO_ROOT
+from qwenvl.flare.runfiles import RUN_FILE, RUN_INFO, TRAIN_LOG_JSONL, TRAIN_LOG_TEXT
 
 logger = logging.getLogger(__name__)
-
-RUN_INFO = "run_info.json"
-TRAIN_LOG_JSONL = "train_log.jsonl"
-TRAIN_LOG_TEXT = "train.log"
-RUN_FILE = "run.json"
 
 
 def git_commit() -> str:

@@ -13,7 +13,7 @@ import math
 import sys
 from pathlib import Path
 
-from qwenvl.train.callbacks import TRAIN_LOG_JSONL
+from qwenvl.flare.runfiles import TRAIN_LOG_JSONL
 
 
 def summarize(output_dir: Path, expected_steps: int, exit_status: int = 0) -> tuple[bool, str]:

@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
+from qwenvl.flare.runfiles import RUN_INFO
 from qwenvl.train.params import LLM, MERGER, VISION, parameter_group
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
-RUN_INFO = "run_info.json"
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 
 

@@ -17,6 +17,8 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from qwenvl.flare.runfiles import DATASET_REPORT
+
 
 def _init_cpu_distributed(argv: list[str]) -> list[str]:
     """DeepSpeed without a GPU (the demo, CI): set up the gloo process group and accelerate's DeepSpeed state
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.process_index == 0:
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(args.output_dir) / "dataset_report.json").write_text(json.dumps(run_info["datasets"], indent=2))
+        (Path(args.output_dir) / DATASET_REPORT).write_text(json.dumps(run_info["datasets"], indent=2))
 
     # DeepSpeed keeps fp32 master weights itself, and LoRA's trained weights stay fp32 inside peft, so those
     # load in half precision. A plain full finetune loads fp32 and lets --bf16 autocast the compute: bf16

@@ -1,4 +1,4 @@
-"""FLARE25 metrics as pure functions on already-parsed values (see ``qwenvl.eval.parsing``).
+"""FLARE25 metrics as pure functions on already-parsed values (see ``qwenvl.flare.parsing``).
 
 A prediction of ``None`` means *unparsable or missing*: it is always wrong (classification), contributes no
 labels / boxes (F1 metrics), or is handled by the caller (MAE). Every ratio is in [0, 1]. Definitions and

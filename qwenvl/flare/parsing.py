@@ -27,8 +27,8 @@ import math
 import re
 from typing import Any
 
-from data_conversion.boxes import convert_boxes, is_box
-from data_conversion.dataset_configs import (
+from qwenvl.flare.boxes import convert_boxes, is_box
+from qwenvl.flare.datasets import (
     CLASSIFICATION,
     COUNTING,
     DETECTION,
@@ -438,7 +438,7 @@ def parse_instances(answer: object) -> dict[str, list[Box]] | None:
 
 def boxes_to_pixels(value: Any, width: int, height: int) -> Any:
     """A parsed detection / instance value on Qwen3-VL's 0-1000 grid -> original-image pixels (structure
-    kept; ``None`` stays ``None``). Uses ``data_conversion.boxes.convert_boxes``."""
+    kept; ``None`` stays ``None``). Uses ``qwenvl.flare.boxes.convert_boxes``."""
     if value is None:
         return None
     return convert_boxes(value, width, height, to_grid=False)
@@ -446,7 +446,7 @@ def boxes_to_pixels(value: Any, width: int, height: int) -> Any:
 
 def boxes_to_grid(value: Any, width: int, height: int) -> Any:
     """A parsed detection / instance value in original-image pixels -> the 0-1000 grid (``None`` stays
-    ``None``). Uses ``data_conversion.boxes.convert_boxes``."""
+    ``None``). Uses ``qwenvl.flare.boxes.convert_boxes``."""
     if value is None:
         return None
     return convert_boxes(value, width, height, to_grid=True)

@@ -1,0 +1,153 @@
+"""The 19 FLARE25 2D datasets: where they live in the raw tree and what they ask.
+
+This module is pure data plus two helpers and imports nothing from the project, so it works both as
+``from qwenvl.flare.datasets import FLARE_DATASETS`` and, from inside ``data_conversion/``, as
+``from dataset_configs import FLARE_DATASETS`` (the form the training guide uses).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Normalised task types (TaskType.strip().lower() in the raw files, separators unified).
+CLASSIFICATION = "classification"
+MULTI_LABEL = "multi-label classification"
+DETECTION = "detection"
+INSTANCE_DETECTION = "instance_detection"
+COUNTING = "counting"
+REGRESSION = "regression"
+REPORT_GENERATION = "report_generation"
+
+TASK_TYPES = (
+    CLASSIFICATION,
+    MULTI_LABEL,
+    DETECTION,
+    INSTANCE_DETECTION,
+    COUNTING,
+    REGRESSION,
+    REPORT_GENERATION,
+)
+BOX_TASKS = (DETECTION, INSTANCE_DETECTION)
+
+# The raw split folders and the names they get in converted files (``<dataset>_<split>.json``).
+SPLIT_FOLDERS = {
+    "train": "training",
+    "val": "validation-public",
+    "val_hidden": "validation-hidden",
+    "test": "testing",
+}
+IMAGE_FOLDERS = {
+    "training": "imagesTr",
+    "validation-public": "imagesVal",
+    "validation-hidden": "imagesVal",
+    "testing": "imagesTs",
+}
+# Suffix of the question file in each split folder: ``<dataset>_questions_<suffix>.json``.
+QUESTION_FILE_SUFFIX = {
+    "training": "train",
+    "validation-public": "val",
+    "validation-hidden": "val",
+    "testing": "test",
+}
+MODALITIES = (
+    "Retinography",
+    "Ultrasound",
+    "Xray",
+    "Clinical",
+    "Microscopy",
+    "Endoscopy",
+    "Dermatology",
+    "Mammography",
+)
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One FLARE25 dataset."""
+
+    name: str  # folder name, case-sensitive (``BUSI-det``)
+    modality: str  # modality folder, spelled exactly as on disk
+    task_types: tuple[str, ...]  # normalised task types its question files contain
+    max_images: int = 1  # most images a single record carries
+    starter: bool = False  # one of the guide's five starter datasets
+    known_counts: dict[str, int] = field(default_factory=dict)  # published record counts per split
+
+    @property
+    def multi_image(self) -> bool:
+        return self.max_images > 1
+
+    @property
+    def registry_name(self) -> str:
+        """Name of the training split in ``qwenvl.data.data_dict`` (``flare_busi_det``)."""
+        return registry_name(self.name)
+
+
+def registry_name(dataset: str, split: str = "train") -> str:
+    """``BUSI-det`` -> ``flare_busi_det``; other splits get a suffix: ``flare_busi_det_val``."""
+    base = "flare_" + re.sub(r"[^0-9a-z]+", "_", dataset.lower()).strip("_")
+    return base if split == "train" else f"{base}_{split}"
+
+
+def _cfg(name, modality, task_types, **kw) -> tuple[str, DatasetConfig]:
+    return name, DatasetConfig(name=name, modality=modality, task_types=tuple(task_types), **kw)
+
+
+FLARE_DATASETS: dict[str, DatasetConfig] = dict(
+    [
+        _cfg(
+            "retino", "Retinography", [CLASSIFICATION], starter=True, known_counts={"train": 1113, "val": 279}
+        ),
+        _cfg("fundus", "Retinography", [CLASSIFICATION]),
+        _cfg("BUSI-det", "Ultrasound", [DETECTION], starter=True, known_counts={"train": 517, "val": 130}),
+        _cfg("BUS-UCLM-det", "Ultrasound", [DETECTION], known_counts={"val": 45}),
+        _cfg("BUSI", "Ultrasound", [CLASSIFICATION], known_counts={"val": 156}),
+        _cfg("BUS-UCLM", "Ultrasound", [CLASSIFICATION], known_counts={"val": 161}),
+        _cfg("iugc", "Ultrasound", [CLASSIFICATION, DETECTION, REGRESSION]),
+        _cfg("boneresorption", "Xray", [REGRESSION], starter=True, known_counts={"train": 702}),
+        _cfg("dental", "Xray", [CLASSIFICATION]),
+        _cfg("periapical", "Xray", [MULTI_LABEL]),
+        _cfg("IU_XRay", "Xray", [REPORT_GENERATION], max_images=2, known_counts={"val": 1945}),
+        _cfg("chestdr", "Xray", [CLASSIFICATION, MULTI_LABEL], known_counts={"val": 970}),
+        _cfg(
+            "neojaundice",
+            "Clinical",
+            [CLASSIFICATION],
+            max_images=3,
+            starter=True,
+            known_counts={"train": 596, "val": 149},
+        ),
+        _cfg("chromosome", "Microscopy", [INSTANCE_DETECTION]),
+        _cfg("neurips22cell", "Microscopy", [COUNTING], known_counts={"val": 100}),
+        _cfg("bone_marrow", "Microscopy", [CLASSIFICATION], starter=True, known_counts={"train": 722}),
+        _cfg("endo", "Endoscopy", [CLASSIFICATION], max_images=2, known_counts={"val": 16}),
+        _cfg("bcn20000", "Dermatology", [CLASSIFICATION], known_counts={"val": 716}),
+        _cfg("CMMD", "Mammography", [CLASSIFICATION], max_images=2, known_counts={"val": 910}),
+    ]
+)
+
+STARTER_DATASETS: tuple[str, ...] = ("neojaundice", "retino", "BUSI-det", "boneresorption", "bone_marrow")
+assert set(STARTER_DATASETS) == {n for n, c in FLARE_DATASETS.items() if c.starter}
+
+_TASK_KEYS = {re.sub(r"[\s_\-]+", "", t): t for t in TASK_TYPES}
+
+
+def normalize_task_type(raw: object) -> str | None:
+    """Map a raw ``TaskType`` (``Multi-label Classification``, ``Report_Generation``...) to its normalised
+    name, or ``None`` when it is not one of the seven FLARE25 task types."""
+    if not isinstance(raw, str):
+        return None
+    return _TASK_KEYS.get(re.sub(r"[\s_\-]+", "", raw.strip().lower()))
+
+
+def resolve_dataset_name(name: str) -> str:
+    """Accept a dataset name in any case, or its registry form (``busi_det``, ``flare_busi_det``), and return
+    the folder name. Raises ``KeyError`` listing the valid names."""
+    if name in FLARE_DATASETS:
+        return name
+    lowered = name.lower()
+    key = registry_name(lowered[len("flare_") :] if lowered.startswith("flare_") else lowered)
+    for real in FLARE_DATASETS:
+        if registry_name(real) == key:
+            return real
+    raise KeyError(f"unknown FLARE25 dataset {name!r}; valid names: {', '.join(FLARE_DATASETS)}")
