@@ -16,11 +16,8 @@ here aborts on a bad record; only an unusable ``input_dir`` raises :class:`Conve
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
-import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,25 +28,18 @@ from typing import Any
 from rich.table import Table
 from tqdm import tqdm
 
-from qwenvl.flare.boxes import convert_boxes, is_box
-from qwenvl.flare.datasets import (
-    BOX_TASKS,
-    CLASSIFICATION,
-    COUNTING,
-    DETECTION,
-    FLARE_DATASETS,
-    INSTANCE_DETECTION,
-    MULTI_LABEL,
-    QUESTION_FILE_SUFFIX,
-    REGRESSION,
-    REPORT_GENERATION,
-    SPLIT_FOLDERS,
-    DatasetConfig,
-    normalize_task_type,
-    resolve_dataset_name,
-)
+from qwenvl.flare.answers import AnswerError, clip_text, is_empty_answer
+from qwenvl.flare.datasets import FLARE_DATASETS, DatasetConfig, resolve_dataset_name
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
 from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.raw import (
+    SPLIT_FOLDERS,
+    QuestionFileError,
+    find_dataset_dir,
+    find_question_file,
+    find_withgt_file,
+    read_question_file,
+)
 from qwenvl.flare.schema import (
     BOX_PIXEL,
     BOX_QWEN1000,
@@ -65,6 +55,7 @@ from qwenvl.flare.schema import (
     SKIP_UNPARSABLE_ANSWER,
     SKIP_UNREADABLE_FILE,
 )
+from qwenvl.flare.tasks import normalize_task_type, task_for
 
 TOOL_NAME = "convert_flare_to_qwen3vl"
 TOOL_VERSION = "1.0.0"
@@ -78,8 +69,6 @@ BOX_FORMATS = (BOX_QWEN1000, BOX_PIXEL)
 OUTPUT_SPLITS_OF = {"train": ("train",), "val": ("val", "val_hidden"), "test": ("test",)}
 
 # File-level problems (the report's "file_errors"; records of such a file are not counted as raw).
-FILE_MISSING_QUESTIONS = "missing_question_file"
-FILE_AMBIGUOUS_QUESTIONS = "ambiguous_question_file"
 
 EXPECTED_LAYOUT = (
     "<root>/training/<Modality>/<dataset>/imagesTr/... + <dataset>_questions_train.json, "
@@ -92,14 +81,6 @@ EXPECTED_LAYOUT = (
 
 class ConversionInputError(Exception):
     """The input tree cannot be converted at all (missing folder, no split folders): the CLI exits 2."""
-
-
-class AnswerError(ValueError):
-    """An answer that cannot be parsed for its task type (skip reason ``unparsable_answer``)."""
-
-
-class QuestionFileError(ValueError):
-    """A question file that is not a readable JSON list (file-level ``unreadable_file``)."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -126,142 +107,6 @@ class ImageCache:
 # ----------------------------------------------------------------------------------------------------------
 # Answers
 # ----------------------------------------------------------------------------------------------------------
-
-_INT_RE = re.compile(r"^[+-]?\d+$")
-_NUM_GAP_RE = re.compile(r"(?<=[\d.])\s+(?=[-+\d.])")
-_BRACKET_GAP_RE = re.compile(r"\]\s*\[")
-
-
-def is_empty_answer(answer: Any) -> bool:
-    """``None``, or a string that is blank after stripping."""
-    return answer is None or (isinstance(answer, str) and not answer.strip())
-
-
-def answer_text(answer: Any) -> str:
-    """A raw answer as a stripped string; non-strings are written as JSON (``7`` -> ``"7"``), never repr."""
-    if answer is None:
-        return ""
-    if isinstance(answer, str):
-        return answer.strip()
-    return json.dumps(answer, ensure_ascii=False)
-
-
-def parse_number(answer: Any) -> float:
-    """A finite number from an int/float or a numeric string (surrounding spaces and a trailing ``%`` allowed)."""
-    if isinstance(answer, bool):
-        raise AnswerError(f"expected a number, got the boolean {json.dumps(answer)}")
-    if isinstance(answer, (int, float)):
-        value = float(answer)
-    elif isinstance(answer, str):
-        text = answer.strip().removesuffix("%").strip()
-        try:
-            value = float(int(text)) if _INT_RE.match(text) else float(text)
-        except ValueError:
-            raise AnswerError(f"expected a number, got {answer!r}") from None
-    else:
-        raise AnswerError(f"expected a number, got {json.dumps(answer)}")
-    if not math.isfinite(value):
-        raise AnswerError(f"expected a finite number, got {answer!r}")
-    return value
-
-
-def format_number(value: float) -> str:
-    """``45.0`` -> ``"45"``, ``12.5`` -> ``"12.5"`` (shortest round-tripping form)."""
-    return str(int(value)) if value.is_integer() else repr(value)
-
-
-def parse_count(answer: Any) -> str:
-    """A counting answer as an integer string."""
-    value = parse_number(answer)
-    if not value.is_integer() or value < 0:
-        raise AnswerError(f"a count must be a whole number >= 0, got {answer!r}")
-    return str(int(value))
-
-
-def parse_literal(answer: Any) -> Any:
-    """A box answer as Python data: lists/dicts pass through; strings are read as JSON, then as a Python
-    literal, then with whitespace-separated numbers (``[[1 2 3 4]\\n [5 6 7 8]]``) given commas."""
-    if not isinstance(answer, str):
-        return answer
-    text = answer.strip()
-    candidates = [text, _BRACKET_GAP_RE.sub("],[", _NUM_GAP_RE.sub(",", text))]
-    for candidate in candidates:
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            pass
-        try:
-            return ast.literal_eval(candidate)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            pass
-    raise AnswerError(f"not a JSON / Python literal: {_clip(text)}")
-
-
-def _checked_box(box: Any, where: str) -> list[float]:
-    if not is_box(box):
-        raise AnswerError(
-            f"{where}: expected a box [x1, y1, x2, y2] of 4 numbers, got {_clip(json.dumps(box))}"
-        )
-    if not all(math.isfinite(v) for v in box):
-        raise AnswerError(f"{where}: box has a non-finite coordinate: {box}")
-    return list(box)
-
-
-def parse_box_list(value: Any, where: str = "answer") -> list[list[float]]:
-    """A detection answer as a list of boxes; a single flat box ``[x1, y1, x2, y2]`` is wrapped."""
-    if is_box(value):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise AnswerError(f"{where}: expected a list of boxes, got {_clip(json.dumps(value, default=str))}")
-    return [_checked_box(b, f"{where}[{i}]") for i, b in enumerate(value)]
-
-
-def parse_instance_boxes(value: Any) -> dict[str, list[list[float]]]:
-    """An instance-detection answer as ``{instance_id: [box, ...]}`` (ids as strings, single boxes wrapped)."""
-    if not isinstance(value, dict):
-        raise AnswerError(
-            f"expected an object instance id -> boxes, got {_clip(json.dumps(value, default=str))}"
-        )
-    return {str(k): parse_box_list(v, where=f"instance {k}") for k, v in value.items()}
-
-
-def _tidy(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else v
-
-
-def _tidy_boxes(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _tidy_boxes(v) for k, v in value.items()}
-    if is_box(value):
-        return [_tidy(v) for v in value]
-    return [_tidy_boxes(v) for v in value]
-
-
-def normalize_answer(task_type: str, answer: Any, size: tuple[int, int], box_format: str) -> str:
-    """The training target string for a labelled record. ``size`` is the (first) image's displayed
-    ``(width, height)``, used to put boxes on the 0-1000 grid. Raises :class:`AnswerError`."""
-    if task_type in (CLASSIFICATION, MULTI_LABEL, REPORT_GENERATION):
-        return answer_text(answer)
-    if task_type == COUNTING:
-        return parse_count(answer)
-    if task_type == REGRESSION:
-        return format_number(parse_number(answer))
-    if task_type == DETECTION:
-        boxes: Any = parse_box_list(parse_literal(answer))
-    elif task_type == INSTANCE_DETECTION:
-        boxes = parse_instance_boxes(parse_literal(answer))
-    else:  # pragma: no cover - callers pass normalised task types only
-        raise AnswerError(f"no answer rule for task type {task_type!r}")
-    if box_format == BOX_QWEN1000:
-        boxes = convert_boxes(boxes, size[0], size[1], to_grid=True)
-    else:
-        boxes = _tidy_boxes(boxes)
-    return json.dumps(boxes)
-
-
-def _clip(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Records
@@ -316,10 +161,10 @@ def _record_problem(raw: Any, labelled: bool) -> str | None:
     if missing:
         return f"missing field(s) {', '.join(missing)}"
     if _image_names(raw) is None:
-        return f"ImageName must be a non-empty string or list of strings, got {_clip(json.dumps(raw['ImageName']))}"
+        return f"ImageName must be a non-empty string or list of strings, got {clip_text(json.dumps(raw['ImageName']))}"
     question = raw["Question"]
     if not isinstance(question, str) or not question.strip():
-        return f"Question must be a non-empty string, got {_clip(json.dumps(question))}"
+        return f"Question must be a non-empty string, got {clip_text(json.dumps(question))}"
     if IMAGE_TAG in question:
         return f"Question contains the literal {IMAGE_TAG} tag, which would break the image/tag count"
     return None
@@ -367,7 +212,7 @@ def build_record(
         "image_sizes": [list(i.size) for i in infos if i.size is not None],
         "has_answer": source.labelled,
     }
-    if task_type in BOX_TASKS:
+    if task_for(task_type).has_boxes:
         meta["box_format"] = box_format
     return {
         "image": paths[0] if len(paths) == 1 else paths,
@@ -402,7 +247,7 @@ def convert_record(
     task_type = normalize_task_type(raw["TaskType"])
     if task_type is None:
         return skip(
-            SKIP_UNKNOWN_TASK, f"TaskType {_clip(json.dumps(raw['TaskType']))} is not a FLARE25 task type"
+            SKIP_UNKNOWN_TASK, f"TaskType {clip_text(json.dumps(raw['TaskType']))} is not a FLARE25 task type"
         )
     if source.labelled and is_empty_answer(raw["Answer"]):
         return skip(SKIP_EMPTY_ANSWER, "Answer is empty in a labelled split")
@@ -413,7 +258,7 @@ def convert_record(
     answer = ""
     if source.labelled:
         try:
-            answer = normalize_answer(task_type, raw["Answer"], infos[0].size or (1, 1), box_format)
+            answer = task_for(task_type).target(raw["Answer"], infos[0].size or (1, 1), box_format)
         except AnswerError as e:
             return skip(SKIP_UNPARSABLE_ANSWER, f"{task_type} answer: {e}")
         key = _dedup_key(raw)
@@ -428,63 +273,6 @@ def convert_record(
 # ----------------------------------------------------------------------------------------------------------
 # Finding the files
 # ----------------------------------------------------------------------------------------------------------
-
-
-def find_dataset_dir(input_dir: Path, split_folder: str, cfg: DatasetConfig) -> Path | None:
-    """``<input_dir>/<split_folder>/<Modality>/<dataset>``; if absent there, the dataset folder under any one
-    other modality folder (the table's modality is a convention, the tree is the truth)."""
-    split_dir = input_dir / split_folder
-    expected = split_dir / cfg.modality / cfg.name
-    if expected.is_dir():
-        return expected
-    found = [p for p in split_dir.glob(f"*/{cfg.name}") if p.is_dir()] if split_dir.is_dir() else []
-    return found[0] if len(found) == 1 else None
-
-
-def _is_withgt(path: Path) -> bool:
-    return path.stem.lower().endswith("_withgt")
-
-
-def find_question_file(dataset_dir: Path, dataset: str, split_folder: str) -> tuple[Path | None, str, str]:
-    """The question file of a dataset folder: ``<dataset>_questions_<suffix>.json``, else the one other
-    ``*.json`` (``_withGT`` copies excluded). Returns ``(path, "", "")`` or ``(None, error_reason, detail)``."""
-    preferred = dataset_dir / f"{dataset}_questions_{QUESTION_FILE_SUFFIX[split_folder]}.json"
-    if preferred.is_file():
-        return preferred, "", ""
-    candidates = sorted(p for p in dataset_dir.glob("*.json") if p.is_file() and not _is_withgt(p))
-    if len(candidates) == 1:
-        return candidates[0], "", ""
-    if not candidates:
-        return None, FILE_MISSING_QUESTIONS, f"no question file in {dataset_dir} (expected {preferred.name})"
-    names = ", ".join(p.name for p in candidates)
-    return (
-        None,
-        FILE_AMBIGUOUS_QUESTIONS,
-        f"several question files in {dataset_dir} ({names}) and none named {preferred.name}: "
-        "rename the one to convert or move the others away",
-    )
-
-
-def find_withgt_file(dataset_dir: Path, dataset: str) -> Path | None:
-    """``<dataset>_questions_val_withGT.json`` in a validation-hidden dataset folder, else a single other
-    ``*_withGT.json`` there, else ``None``."""
-    exact = dataset_dir / f"{dataset}_questions_val_withGT.json"
-    if exact.is_file():
-        return exact
-    others = [p for p in dataset_dir.glob("*.json") if p.is_file() and _is_withgt(p)]
-    return others[0] if len(others) == 1 else None
-
-
-def load_question_file(path: Path) -> list:
-    """The records of a question file. Raises :class:`QuestionFileError` (not JSON, or not a list)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise QuestionFileError(f"cannot read {path} as JSON: {e}") from e
-    if not isinstance(data, list):
-        raise QuestionFileError(f"{path} holds a JSON {type(data).__name__}, expected a list of records")
-    return data
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -607,7 +395,7 @@ def convert_dataset(
         res = plan.results[source.split]
         res.source_files.append(str(source.path))
         try:
-            loaded.append((source, load_question_file(source.path)))
+            loaded.append((source, read_question_file(source.path)))
             res.readable_sources += 1
         except QuestionFileError as e:
             res.file_errors.append(

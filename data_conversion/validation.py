@@ -25,10 +25,9 @@ from typing import Any
 from rich.table import Table
 
 from data_conversion.converter import REPORT_NAME
-from qwenvl.flare.boxes import GRID, is_box
-from qwenvl.flare.datasets import BOX_TASKS, INSTANCE_DETECTION
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
-from qwenvl.flare.schema import BOX_QWEN1000, IMAGE_TAG, images_of
+from qwenvl.flare.schema import IMAGE_TAG, images_of
+from qwenvl.flare.tasks import TASKS
 
 # Check names used in the report's "errors" / "warnings" entries.
 UNREADABLE_FILE = "unreadable_file"
@@ -135,29 +134,6 @@ def _question(rec: dict) -> str:
     return rec["conversations"][0]["value"].replace(f"{IMAGE_TAG}\n", "").replace(IMAGE_TAG, "")
 
 
-def _box_problem(rec: dict) -> str | None:
-    """For a labelled box-task record: why its answer is not JSON boxes (on the grid when qwen1000)."""
-    meta = rec.get("meta") or {}
-    answer = rec["conversations"][1]["value"]
-    try:
-        value = json.loads(answer)
-    except ValueError:
-        return f"{meta.get('task_type')} answer is not JSON: {answer[:80]!r}"
-    groups = (
-        list(value.values())
-        if meta.get("task_type") == INSTANCE_DETECTION and isinstance(value, dict)
-        else [value]
-    )
-    boxes = [b for g in groups if isinstance(g, list) for b in g]
-    if any(not isinstance(g, list) for g in groups) or not all(is_box(b) for b in boxes):
-        return f"{meta.get('task_type')} answer is not a list of [x1, y1, x2, y2] boxes: {answer[:80]!r}"
-    if meta.get("box_format") == BOX_QWEN1000:
-        off = [b for b in boxes if not all(isinstance(v, int) and 0 <= v <= GRID for v in b)]
-        if off:
-            return f"box {off[0]} is not integers on the 0-{GRID} grid (meta.box_format is qwen1000)"
-    return None
-
-
 def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
     """(check, detail) problems of one record, duplicates aside."""
     problem = _structure_problem(rec)
@@ -180,8 +156,14 @@ def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
     if _is_labelled(rec):
         if any(not t["value"].strip() for t in rec["conversations"][1::2]):
             out.append((EMPTY_ANSWER, "empty answer in a labelled record (meta.has_answer is true)"))
-        elif (rec.get("meta") or {}).get("task_type") in BOX_TASKS:
-            box = _box_problem(rec)
+        else:
+            meta = rec.get("meta") or {}
+            task = TASKS.get(meta.get("task_type"))
+            box = (
+                task.target_problem(rec["conversations"][1]["value"], meta.get("box_format"))
+                if task
+                else None
+            )
             if box:
                 out.append((BAD_BOX_ANSWER, box))
     return out

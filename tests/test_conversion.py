@@ -16,20 +16,15 @@ from PIL import Image, ImageOps
 
 from data_conversion import convert_flare_to_qwen3vl as cli
 from data_conversion import converter
-from data_conversion.converter import (
-    AnswerError,
-    ConversionInputError,
-    convert,
-    normalize_answer,
-    parse_literal,
-    resolve_datasets,
-    write_json_atomic,
-)
+from data_conversion.converter import ConversionInputError, convert, resolve_datasets
 from data_conversion.make_demo_dataset import make_demo_dataset
+from qwenvl.flare.answers import AnswerError, read_literal
 from qwenvl.flare.boxes import grid_to_pixel
 from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS
 from qwenvl.flare.images import check_image, inspect_image, load_rgb, read_image_size, to_rgb
+from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.paths import REPO_ROOT
+from qwenvl.flare.tasks import task_for
 
 SPS = 3  # samples_per_split of the demo trees
 ALL_SPLITS = ["train", "val", "test"]
@@ -243,30 +238,30 @@ def test_missing_and_corrupt_images_told_apart(tmp_path):
 
 
 def test_text_answers_are_stripped_strings():
-    assert normalize_answer("classification", "  B ", (10, 10), "qwen1000") == "B"
-    assert normalize_answer("classification", 3, (10, 10), "qwen1000") == "3"
+    assert task_for("classification").target("  B ", (10, 10), "qwen1000") == "B"
+    assert task_for("classification").target(3, (10, 10), "qwen1000") == "3"
     assert (
-        normalize_answer("multi-label classification", "caries;crown\n", (10, 10), "qwen1000")
+        task_for("multi-label classification").target("caries;crown\n", (10, 10), "qwen1000")
         == "caries;crown"
     )
-    assert normalize_answer("report_generation", " Findings: x. ", (10, 10), "qwen1000") == "Findings: x."
+    assert task_for("report_generation").target(" Findings: x. ", (10, 10), "qwen1000") == "Findings: x."
     # A non-string is JSON, never a Python repr.
-    assert normalize_answer("classification", ["A", "B"], (10, 10), "qwen1000") == '["A", "B"]'
+    assert task_for("classification").target(["A", "B"], (10, 10), "qwen1000") == '["A", "B"]'
 
 
 def test_number_answers():
-    assert normalize_answer("counting", 123, (1, 1), "qwen1000") == "123"
-    assert normalize_answer("counting", " 45 ", (1, 1), "qwen1000") == "45"
-    assert normalize_answer("counting", "12.0", (1, 1), "qwen1000") == "12"
-    assert normalize_answer("regression", 27.4, (1, 1), "qwen1000") == "27.4"
-    assert normalize_answer("regression", "45.50", (1, 1), "qwen1000") == "45.5"
-    assert normalize_answer("regression", "30%", (1, 1), "qwen1000") == "30"
-    assert normalize_answer("regression", 3, (1, 1), "qwen1000") == "3"
+    assert task_for("counting").target(123, (1, 1), "qwen1000") == "123"
+    assert task_for("counting").target(" 45 ", (1, 1), "qwen1000") == "45"
+    assert task_for("counting").target("12.0", (1, 1), "qwen1000") == "12"
+    assert task_for("regression").target(27.4, (1, 1), "qwen1000") == "27.4"
+    assert task_for("regression").target("45.50", (1, 1), "qwen1000") == "45.5"
+    assert task_for("regression").target("30%", (1, 1), "qwen1000") == "30"
+    assert task_for("regression").target(3, (1, 1), "qwen1000") == "3"
     for task, bad in (("counting", "12.5"), ("counting", "-3"), ("counting", "many"), ("regression", "nan")):
         with pytest.raises(AnswerError):
-            normalize_answer(task, bad, (1, 1), "qwen1000")
+            task_for(task).target(bad, (1, 1), "qwen1000")
     with pytest.raises(AnswerError, match="boolean"):
-        normalize_answer("regression", True, (1, 1), "qwen1000")
+        task_for("regression").target(True, (1, 1), "qwen1000")
 
 
 @pytest.mark.parametrize(
@@ -282,25 +277,21 @@ def test_number_answers():
 )
 def test_detection_answer_spellings(raw):
     assert (
-        normalize_answer("detection", raw, (200, 100), "qwen1000")
+        task_for("detection").target(raw, (200, 100), "qwen1000")
         == "[[50, 200, 150, 400], [500, 500, 1000, 1000]]"
     )
-    assert (
-        normalize_answer("detection", raw, (200, 100), "pixel") == "[[10, 20, 30, 40], [100, 50, 200, 100]]"
-    )
+    assert task_for("detection").target(raw, (200, 100), "pixel") == "[[10, 20, 30, 40], [100, 50, 200, 100]]"
 
 
 def test_single_box_and_instance_answers():
-    assert (
-        normalize_answer("detection", "[10, 20, 30, 40]", (200, 100), "qwen1000") == "[[50, 200, 150, 400]]"
-    )
-    assert normalize_answer("detection", "[]", (200, 100), "qwen1000") == "[]"
+    assert task_for("detection").target("[10, 20, 30, 40]", (200, 100), "qwen1000") == "[[50, 200, 150, 400]]"
+    assert task_for("detection").target("[]", (200, 100), "qwen1000") == "[]"
     raw = "{1: [[10, 20, 30, 40]], '2': [0, 0, 200, 100]}"
     assert (
-        normalize_answer("instance_detection", raw, (200, 100), "qwen1000")
+        task_for("instance_detection").target(raw, (200, 100), "qwen1000")
         == '{"1": [[50, 200, 150, 400]], "2": [[0, 0, 1000, 1000]]}'
     )
-    assert normalize_answer("instance_detection", raw, (200, 100), "pixel") == (
+    assert task_for("instance_detection").target(raw, (200, 100), "pixel") == (
         '{"1": [[10, 20, 30, 40]], "2": [[0, 0, 200, 100]]}'
     )
     for task, bad in (
@@ -311,8 +302,8 @@ def test_single_box_and_instance_answers():
         ("detection", [["1", "2", "3", "4"]]),
     ):
         with pytest.raises(AnswerError):
-            normalize_answer(task, bad, (200, 100), "qwen1000")
-    assert parse_literal([1, 2]) == [1, 2]
+            task_for(task).target(bad, (200, 100), "qwen1000")
+    assert read_literal([1, 2]) == [1, 2]
 
 
 # ----------------------------------------------------------------------------------------------------------

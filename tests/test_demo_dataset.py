@@ -27,13 +27,9 @@ from data_conversion.make_demo_dataset import (
     make_demo_dataset,
     question_file_name,
 )
-from qwenvl.flare.datasets import (
-    CLASSIFICATION,
-    FLARE_DATASETS,
-    IMAGE_FOLDERS,
-    SPLIT_FOLDERS,
-    normalize_task_type,
-)
+from qwenvl.flare.datasets import FLARE_DATASETS
+from qwenvl.flare.raw import IMAGE_FOLDERS, SPLIT_FOLDERS
+from qwenvl.flare.tasks import CLASSIFICATION, normalize_task_type
 
 N = 4  # default samples_per_split
 LABELLED = ("training", "validation-public")

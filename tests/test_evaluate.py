@@ -35,7 +35,7 @@ from qwenvl.eval.generate import (
 )
 from qwenvl.eval.infer import format_result, infer_with
 from qwenvl.eval.scoring import score_records
-from qwenvl.flare.datasets import TASK_TYPES
+from qwenvl.flare.tasks import TASK_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
 PIXELS = ["--min_pixels", "1024", "--max_pixels", "16384"]  # at most 16 visual tokens per image: fast

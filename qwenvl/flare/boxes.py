@@ -9,7 +9,11 @@ images up to 2000 px.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
+
+from qwenvl.flare.schema import BOX_QWEN1000
 
 GRID = 1000
 
@@ -62,3 +66,48 @@ def is_box(value) -> bool:
         and len(value) == 4
         and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
     )
+
+
+def boxes_to_pixels(value: Any, width: int, height: int) -> Any:
+    """A parsed detection / instance value on Qwen3-VL's 0-1000 grid -> original-image pixels (structure
+    kept; ``None`` stays ``None``). Uses :func:`convert_boxes`."""
+    if value is None:
+        return None
+    return convert_boxes(value, width, height, to_grid=False)
+
+
+def boxes_to_grid(value: Any, width: int, height: int) -> Any:
+    """A parsed detection / instance value in original-image pixels -> the 0-1000 grid (``None`` stays
+    ``None``). Uses :func:`convert_boxes`."""
+    if value is None:
+        return None
+    return convert_boxes(value, width, height, to_grid=True)
+
+
+def record_boxes_to_pixels(value: Any, meta: dict) -> Any:
+    """A parsed box value of a converted record -> pixels of its first original image
+    (``meta.image_sizes[0]``) when the record was converted with grid boxes (``meta.box_format`` qwen1000);
+    unchanged otherwise (pixel boxes, ``None``)."""
+    if value is None or meta.get("box_format") != BOX_QWEN1000:
+        return value
+    sizes = meta.get("image_sizes") or []
+    if not sizes:
+        raise ValueError(
+            f"record {meta.get('image_name')!r} has grid boxes but no meta.image_sizes; re-convert it"
+        )
+    width, height = sizes[0]
+    return boxes_to_pixels(value, int(width), int(height))
+
+
+def _compact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compact(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def format_boxes(value: Any) -> str:
+    """Boxes (a list, or an instance dict) as compact JSON, integral coordinates written as integers: the
+    challenge's answer form."""
+    return json.dumps(_compact(value), separators=(", ", ": "))

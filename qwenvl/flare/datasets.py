@@ -1,8 +1,8 @@
 """The 19 FLARE25 2D datasets: where they live in the raw tree and what they ask.
 
-This module is pure data plus two helpers and imports nothing from the project, so it works both as
-``from qwenvl.flare.datasets import FLARE_DATASETS`` and, from inside ``data_conversion/``, as
-``from dataset_configs import FLARE_DATASETS`` (the form the training guide uses).
+Pure data plus two helpers. The task types it names are defined in :mod:`qwenvl.flare.tasks`, the raw tree's
+folder layout in :mod:`qwenvl.flare.raw`. ``data_conversion/dataset_configs.py`` re-exports the table for the
+training guide's ``from dataset_configs import FLARE_DATASETS`` (run from inside ``data_conversion/``).
 """
 
 from __future__ import annotations
@@ -10,55 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# Normalised task types (TaskType.strip().lower() in the raw files, separators unified).
-CLASSIFICATION = "classification"
-MULTI_LABEL = "multi-label classification"
-DETECTION = "detection"
-INSTANCE_DETECTION = "instance_detection"
-COUNTING = "counting"
-REGRESSION = "regression"
-REPORT_GENERATION = "report_generation"
-
-TASK_TYPES = (
+# Re-exported while the demo-tree split is in flight; importers move to qwenvl.flare.raw.
+from qwenvl.flare.raw import IMAGE_FOLDERS, MODALITIES, QUESTION_FILE_SUFFIX, SPLIT_FOLDERS  # noqa: F401
+from qwenvl.flare.tasks import (
     CLASSIFICATION,
-    MULTI_LABEL,
+    COUNTING,
     DETECTION,
     INSTANCE_DETECTION,
-    COUNTING,
+    MULTI_LABEL,
     REGRESSION,
     REPORT_GENERATION,
-)
-BOX_TASKS = (DETECTION, INSTANCE_DETECTION)
-
-# The raw split folders and the names they get in converted files (``<dataset>_<split>.json``).
-SPLIT_FOLDERS = {
-    "train": "training",
-    "val": "validation-public",
-    "val_hidden": "validation-hidden",
-    "test": "testing",
-}
-IMAGE_FOLDERS = {
-    "training": "imagesTr",
-    "validation-public": "imagesVal",
-    "validation-hidden": "imagesVal",
-    "testing": "imagesTs",
-}
-# Suffix of the question file in each split folder: ``<dataset>_questions_<suffix>.json``.
-QUESTION_FILE_SUFFIX = {
-    "training": "train",
-    "validation-public": "val",
-    "validation-hidden": "val",
-    "testing": "test",
-}
-MODALITIES = (
-    "Retinography",
-    "Ultrasound",
-    "Xray",
-    "Clinical",
-    "Microscopy",
-    "Endoscopy",
-    "Dermatology",
-    "Mammography",
 )
 
 
@@ -128,16 +89,6 @@ FLARE_DATASETS: dict[str, DatasetConfig] = dict(
 
 STARTER_DATASETS: tuple[str, ...] = ("neojaundice", "retino", "BUSI-det", "boneresorption", "bone_marrow")
 assert set(STARTER_DATASETS) == {n for n, c in FLARE_DATASETS.items() if c.starter}
-
-_TASK_KEYS = {re.sub(r"[\s_\-]+", "", t): t for t in TASK_TYPES}
-
-
-def normalize_task_type(raw: object) -> str | None:
-    """Map a raw ``TaskType`` (``Multi-label Classification``, ``Report_Generation``...) to its normalised
-    name, or ``None`` when it is not one of the seven FLARE25 task types."""
-    if not isinstance(raw, str):
-        return None
-    return _TASK_KEYS.get(re.sub(r"[\s_\-]+", "", raw.strip().lower()))
 
 
 def resolve_dataset_name(name: str) -> str:

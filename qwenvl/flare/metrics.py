@@ -1,4 +1,4 @@
-"""FLARE25 metrics as pure functions on already-parsed values (see ``qwenvl.flare.parsing``).
+"""FLARE25 metrics as pure functions on already-parsed values (see ``qwenvl.flare.tasks``).
 
 A prediction of ``None`` means *unparsable or missing*: it is always wrong (classification), contributes no
 labels / boxes (F1 metrics), or is handled by the caller (MAE). Every ratio is in [0, 1]. Definitions and
@@ -162,6 +162,18 @@ def mae(gt: Sequence[float], pred: Sequence[float]) -> float:
     """Mean absolute error."""
     _check_lengths(gt, pred)
     return sum(abs(float(g) - float(p)) for g, p in zip(gt, pred)) / len(gt)
+
+
+def mae_metrics(gt: Sequence[float], pred: Sequence[float | None]) -> dict[str, float | None]:
+    """Counting / regression: ``mae`` over the predictions that parse (``None`` when none does),
+    ``mae_penalized`` with unparsable predictions counted as 0, and the ``unparsable_share``."""
+    _check_lengths(gt, pred)
+    ok = [(g, p) for g, p in zip(gt, pred) if p is not None]
+    return {
+        "mae": mae([g for g, _ in ok], [p for _, p in ok]) if ok else None,
+        "mae_penalized": mae(gt, [0.0 if p is None else p for p in pred]),
+        "unparsable_share": (len(gt) - len(ok)) / len(gt),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,133 @@
+"""Classification: the answer is one option letter (``B``); scored by balanced accuracy."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from qwenvl.flare import metrics as M
+from qwenvl.flare.answers import answer_text
+from qwenvl.flare.parsing import clean_text, collapse, parse_options
+from qwenvl.flare.tasks.base import TaskType
+
+# A letter used as an answer: wrapped in (), [] or followed by ")", or followed by . , ; : ! " - ", a line
+# end or the end of the text. "A normal image" (a letter followed by a word) is not a letter answer.
+_LETTER_TOKEN = r"[(\[]?([A-Za-z])(?:[)\]]|(?=[.,;:!]|\s*$|\s*\n|\s+[-\u2013\u2014]\s))"
+_BARE_LETTER_RE = re.compile(r"[(\[]?([A-Za-z])[)\]]?[.:)]?")
+_EXPLICIT_RE = re.compile(
+    r"(?i:\b(?:answer|correct\s+(?:option|choice)|choice)\b(?:\s+(?:is|would\s+be|should\s+be))?)"
+    r"\s*[:\-]?\s*(?i:option\s+|letter\s+)?" + _LETTER_TOKEN
+)
+_LEADING_RE = re.compile(r"^[(\[]?([A-Za-z])(?:[)\]]|\.(?![A-Za-z]\.)|:|\s+[-\u2013\u2014]\s)")
+_LEADING_WORD_RE = re.compile(r"^([A-Z])\s+(\S.*)$", re.DOTALL)
+_LONE_CAPITAL_RE = re.compile(r"(?<![\w'])([A-Z])(?![\w'])")
+_DECORATION = "*_`\"'"
+
+
+def _option_by_text(text: str, options: dict[str, str]) -> str | None:
+    """The letter whose option text the answer names: an exact match first, else the only option text found
+    as whole words (when several are found and one contains all the others, that one)."""
+    answer = collapse(text).strip(" .!")
+    by_text = {collapse(t): letter for letter, t in options.items() if t}
+    if answer in by_text:
+        return by_text[answer]
+    found = [t for t in by_text if re.search(rf"(?<!\w){re.escape(t)}(?!\w)", answer)]
+    if len(found) == 1:
+        return by_text[found[0]]
+    if found:
+        longest = max(found, key=len)
+        if all(t in longest for t in found):
+            return by_text[longest]
+    return None
+
+
+def _lone_capital(text: str, options: dict[str, str]) -> str | None:
+    """The only distinct stand-alone capital that is an option letter, ignoring the article "A" and the
+    pronoun "I" when a lower-case word follows them."""
+    letters = set()
+    for m in _LONE_CAPITAL_RE.finditer(text):
+        letter = m.group(1)
+        if letter in "AI" and re.match(r"\s+[a-z]", text[m.end() :]):
+            continue
+        if letter in options:
+            letters.add(letter)
+    return letters.pop() if len(letters) == 1 else None
+
+
+def parse_classification(answer: object, options: dict[str, str] | None = None) -> str | None:
+    """An option letter (upper case) from a classification answer, or ``None``.
+
+    Rules, first hit wins:
+
+    1. the whole answer is a letter, maybe wrapped or punctuated: ``B``, ``b``, ``(B)``, ``[B]``, ``B.``;
+    2. an explicit statement: ``The answer is B.``, ``Answer: b``, ``The correct option is (C)``,
+       ``Final answer: B - Normal`` (the first one in the text);
+    3. a leading letter with a delimiter: ``B) Normal``, ``B. Myelofibrosis``, ``(B) ...``, ``B: ...``;
+       or a leading capital followed by that option's own text (``B Myelofibrosis``);
+    4. with options: the option text named in the answer (``Myelofibrosis``, ``It shows myelofibrosis``);
+       exact match first, then a unique whole-word match;
+    5. with options: the only stand-alone capital letter that is an option letter (``I think C is right``),
+       never the article in ``A normal image``.
+
+    Letters are accepted even if the question lists no such option (they are explicit answers, just wrong).
+    """
+    if answer is None or isinstance(answer, bool):
+        return None
+    text = clean_text(str(answer)).strip(_DECORATION + " \n\t")
+    if not text:
+        return None
+    options = options or {}
+    m = _BARE_LETTER_RE.fullmatch(text)
+    if m:
+        return m.group(1).upper()
+    plain = text.replace("**", "").replace("`", "")
+    m = _EXPLICIT_RE.search(plain)
+    if m:
+        return m.group(1).upper()
+    m = _LEADING_RE.match(plain)
+    if m:
+        return m.group(1).upper()
+    m = _LEADING_WORD_RE.match(plain)
+    if m and m.group(1) in options and collapse(m.group(2)).startswith(collapse(options[m.group(1)])):
+        return m.group(1)
+    if options:
+        return _option_by_text(plain, options) or _lone_capital(plain, options)
+    return None
+
+
+def normalize_classification_gt(answer: object, options: dict[str, str] | None = None) -> str | None:
+    """A ground-truth classification answer as a class label: the parsed letter when the answer parses,
+    else the stripped, upper-cased text (so a noisy label such as ``A B`` stays its own class)."""
+    letter = parse_classification(answer, options)
+    if letter is not None:
+        return letter
+    if answer is None:
+        return None
+    text = " ".join(str(answer).split()).upper()
+    return text or None
+
+
+class Classification(TaskType):
+    name = "classification"
+    metric_columns = ("balanced_accuracy", "accuracy")
+    main_metric = "balanced_accuracy"
+    max_new_tokens = 16
+
+    def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
+        return answer_text(answer)
+
+    def parse(self, answer: object, question: str | None = None) -> str | None:
+        return parse_classification(answer, parse_options(question))
+
+    def parse_reference(self, answer: object, question: str | None = None) -> str | None:
+        return normalize_classification_gt(answer, parse_options(question))
+
+    def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
+        return value  # the option letter
+
+    def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
+        return {"balanced_accuracy": M.balanced_accuracy(gts, preds), "accuracy": M.accuracy(gts, preds)}
+
+
+TASK = Classification()
