@@ -2,7 +2,8 @@
 
 Runs the same from the repository root (``uv run python data_conversion/convert_flare_to_qwen3vl.py``) and
 from inside ``data_conversion/`` (``uv run python convert_flare_to_qwen3vl.py``): default folders are resolved
-from the repository root, explicit relative paths from the current directory.
+from the repository root, explicit relative paths from the current directory. ``data_conversion`` and ``qwenvl``
+import from either folder because the project is installed (editable) in the environment ``uv`` runs.
 """
 
 from __future__ import annotations
@@ -11,23 +12,20 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the working directory
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from data_conversion.converter import (  # noqa: E402
+from data_conversion.converter import (
     BOX_FORMATS,
     CLI_SPLITS,
     DEFAULT_SPLITS,
     REPORT_NAME,
     ConversionInputError,
     convert,
-    resolve_datasets,
-    summary_notes,
-    summary_table,
+    resolve_conversion_datasets,
 )
-from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS  # noqa: E402
-from qwenvl.flare.paths import default_converted_dir, default_raw_dir  # noqa: E402
+from data_conversion.summary import summary_notes, summary_table
+from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS
+from qwenvl.flare.paths import default_converted_dir, default_raw_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.all and args.datasets:
         parser.error("give either --all or --datasets, not both")
     try:
-        datasets = list(FLARE_DATASETS) if args.all else resolve_datasets(args.datasets or STARTER_DATASETS)
+        datasets = (
+            list(FLARE_DATASETS)
+            if args.all
+            else resolve_conversion_datasets(args.datasets or STARTER_DATASETS)
+        )
     except ValueError as e:
         parser.error(str(e))
     input_dir = args.input_dir or default_raw_dir()

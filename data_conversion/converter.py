@@ -1,4 +1,4 @@
-"""Raw FLARE25 tree -> Qwen3-VL JSON files (format: ``data_conversion/schema.py``) and ``conversion_report.json``.
+"""Raw FLARE25 tree -> Qwen3-VL JSON files (format: ``qwenvl/flare/schema.py``) and ``conversion_report.json``.
 
 Splits (the CLI's ``--splits``) and where they come from::
 
@@ -12,6 +12,10 @@ Splits (the CLI's ``--splits``) and where they come from::
 Every raw record is either converted or skipped with one of ``schema.SKIP_REASONS``; per dataset and split the
 report holds ``raw = converted + skipped``. A question file that cannot be read is a file-level entry. Nothing
 here aborts on a bad record; only an unusable ``input_dir`` raises :class:`ConversionInputError`.
+
+This module is the plan (which question files feed which output split) and the run. Data flows one way:
+:mod:`data_conversion.records` converts one record, :mod:`data_conversion.report` turns the results into
+report entries, :mod:`data_conversion.summary` renders a report on the console.
 """
 
 from __future__ import annotations
@@ -19,63 +23,56 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from rich.table import Table
 from tqdm import tqdm
 
-from qwenvl.flare.answers import AnswerError, clip_text, is_empty_answer
+from data_conversion.records import FileState, ImageCache, Skip, Source, convert_record
+from data_conversion.report import (
+    OUTPUT_SPLITS,
+    REPORT_NAME,
+    TOOL_VERSION,
+    SplitResult,
+    load_report,
+    merge_report,
+    report_entry,
+)
 from qwenvl.flare.datasets import FLARE_DATASETS, DatasetConfig, resolve_dataset_name
-from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.raw import (
+    IMAGE_FOLDERS,
+    MODALITIES,
+    QUESTION_FILE_SUFFIX,
     SPLIT_FOLDERS,
     QuestionFileError,
     find_dataset_dir,
     find_question_file,
     find_withgt_file,
+    is_empty_answer,
     read_question_file,
 )
-from qwenvl.flare.schema import (
-    BOX_PIXEL,
-    BOX_QWEN1000,
-    IMAGE_TAG,
-    REQUIRED_RAW_FIELDS,
-    SKIP_CORRUPT_IMAGE,
-    SKIP_DUPLICATE,
-    SKIP_EMPTY_ANSWER,
-    SKIP_INVALID_RECORD,
-    SKIP_MISSING_IMAGE,
-    SKIP_REASONS,
-    SKIP_UNKNOWN_TASK,
-    SKIP_UNPARSABLE_ANSWER,
-    SKIP_UNREADABLE_FILE,
-)
-from qwenvl.flare.tasks import normalize_task_type, task_for
-
-TOOL_NAME = "convert_flare_to_qwen3vl"
-TOOL_VERSION = "1.0.0"
-REPORT_NAME = "conversion_report.json"
+from qwenvl.flare.schema import BOX_PIXEL, BOX_QWEN1000, SKIP_UNREADABLE_FILE
 
 CLI_SPLITS = ("train", "val", "test")  # what --splits accepts
 DEFAULT_SPLITS = ("train", "val")
-OUTPUT_SPLITS = ("train", "val", "val_hidden", "test")  # the <dataset>_<split>.json files
 BOX_FORMATS = (BOX_QWEN1000, BOX_PIXEL)
 # Output splits a CLI split (re)writes: converting "val" also refreshes "val_hidden".
 OUTPUT_SPLITS_OF = {"train": ("train",), "val": ("val", "val_hidden"), "test": ("test",)}
 
-# File-level problems (the report's "file_errors"; records of such a file are not counted as raw).
+
+def _labelled_layout(split: str) -> str:
+    folder = SPLIT_FOLDERS[split]
+    return (
+        f"<root>/{folder}/<Modality>/<dataset>/{IMAGE_FOLDERS[folder]}/... + "
+        f"<dataset>_questions_{QUESTION_FILE_SUFFIX[folder]}.json"
+    )
+
 
 EXPECTED_LAYOUT = (
-    "<root>/training/<Modality>/<dataset>/imagesTr/... + <dataset>_questions_train.json, "
-    "<root>/validation-public/<Modality>/<dataset>/imagesVal/... + <dataset>_questions_val.json, "
-    "optional validation-hidden/ and testing/ folders alike (Modality: "
-    + ", ".join(sorted({c.modality for c in FLARE_DATASETS.values()}))
-    + ")"
+    f"{_labelled_layout('train')}, {_labelled_layout('val')}, optional {SPLIT_FOLDERS['val_hidden']}/ and "
+    f"{SPLIT_FOLDERS['test']}/ folders alike (Modality: {', '.join(sorted(MODALITIES))})"
 )
 
 
@@ -84,217 +81,8 @@ class ConversionInputError(Exception):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Small helpers
+# One dataset: the plan (which question files feed which output split), then its conversion
 # ----------------------------------------------------------------------------------------------------------
-
-
-class ImageCache:
-    """Each distinct image path is opened and decoded once per run (iugc asks 3 questions per image)."""
-
-    def __init__(self) -> None:
-        self._infos: dict[str, ImageInfo] = {}
-
-    def get(self, path: str) -> ImageInfo:
-        info = self._infos.get(path)
-        if info is None:
-            info = self._infos[path] = inspect_image(path)
-        return info
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Answers
-# ----------------------------------------------------------------------------------------------------------
-
-# ----------------------------------------------------------------------------------------------------------
-# Records
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Skip:
-    """One raw record that was not converted (an entry of the report's ``skipped`` list)."""
-
-    dataset: str
-    split: str
-    source_file: str
-    source_index: int
-    image_name: Any
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class Source:
-    """One question file feeding an output split."""
-
-    dataset: str
-    split: str  # output split: train | val | val_hidden | test
-    split_folder: str  # raw folder: training | validation-public | validation-hidden | testing
-    modality: str  # modality folder the dataset was found in
-    dataset_dir: Path
-    path: Path
-    labelled: bool
-
-
-def _image_names(raw: dict) -> list[str] | None:
-    names = raw.get("ImageName")
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, list) or not names:
-        return None
-    if not all(isinstance(n, str) and n.strip() for n in names):
-        return None
-    return names
-
-
-def _record_problem(raw: Any, labelled: bool) -> str | None:
-    """Why a raw record is structurally invalid (``invalid_record``), or ``None``."""
-    if not isinstance(raw, dict):
-        return (
-            f"record is a JSON {type(raw).__name__}, expected an object with {', '.join(REQUIRED_RAW_FIELDS)}"
-        )
-    required = REQUIRED_RAW_FIELDS if labelled else tuple(f for f in REQUIRED_RAW_FIELDS if f != "Answer")
-    missing = [f for f in required if f not in raw]
-    if missing:
-        return f"missing field(s) {', '.join(missing)}"
-    if _image_names(raw) is None:
-        return f"ImageName must be a non-empty string or list of strings, got {clip_text(json.dumps(raw['ImageName']))}"
-    question = raw["Question"]
-    if not isinstance(question, str) or not question.strip():
-        return f"Question must be a non-empty string, got {clip_text(json.dumps(question))}"
-    if IMAGE_TAG in question:
-        return f"Question contains the literal {IMAGE_TAG} tag, which would break the image/tag count"
-    return None
-
-
-def _image_paths(source: Source, names: Sequence[str]) -> list[str]:
-    return [os.path.normpath(source.dataset_dir / n.strip().replace("\\", "/")) for n in names]
-
-
-def _image_problem(infos: Sequence[ImageInfo]) -> tuple[str, str] | None:
-    bad = [i for i in infos if not i.ok]
-    if not bad:
-        return None
-    reason = SKIP_MISSING_IMAGE if any(i.problem == MISSING for i in bad) else SKIP_CORRUPT_IMAGE
-    detail = "; ".join(f"image {k + 1}/{len(infos)}: {i.detail}" for k, i in enumerate(infos) if not i.ok)
-    return reason, detail
-
-
-def _dedup_key(raw: dict) -> tuple:
-    names = raw["ImageName"]
-    return (tuple(names) if isinstance(names, list) else (names,), raw["Question"])
-
-
-def build_record(
-    source: Source,
-    index: int,
-    raw: dict,
-    task_type: str,
-    infos: Sequence[ImageInfo],
-    answer: str,
-    box_format: str,
-) -> dict:
-    """A converted record exactly as ``schema.py`` describes it."""
-    paths = [i.path for i in infos]
-    meta: dict[str, Any] = {
-        "dataset": source.dataset,
-        "task_type": task_type,
-        "modality": source.modality,
-        "split": source.split,
-        "source_split_folder": source.split_folder,
-        "source_file": str(source.path),
-        "source_index": index,
-        "image_name": raw["ImageName"],
-        "question": raw["Question"],
-        "image_sizes": [list(i.size) for i in infos if i.size is not None],
-        "has_answer": source.labelled,
-    }
-    if task_for(task_type).has_boxes:
-        meta["box_format"] = box_format
-    return {
-        "image": paths[0] if len(paths) == 1 else paths,
-        "conversations": [
-            {"from": "human", "value": f"{IMAGE_TAG}\n" * len(paths) + raw["Question"]},
-            {"from": "gpt", "value": answer},
-        ],
-        "meta": meta,
-    }
-
-
-@dataclass
-class FileState:
-    """Per question file: the (ImageName, Question) pairs already converted (labelled files only)."""
-
-    seen: dict[tuple, tuple[int, str]] = field(default_factory=dict)
-
-
-def convert_record(
-    source: Source, index: int, raw: Any, cache: ImageCache, state: FileState, box_format: str
-) -> dict | Skip:
-    """Convert one raw record, or say why not. Check order: structure, task type, empty answer (labelled),
-    images, answer parsing (labelled), duplicate (labelled; only converted records count as seen)."""
-
-    def skip(reason: str, detail: str) -> Skip:
-        name = raw.get("ImageName") if isinstance(raw, dict) else None
-        return Skip(source.dataset, source.split, str(source.path), index, name, reason, detail)
-
-    problem = _record_problem(raw, source.labelled)
-    if problem:
-        return skip(SKIP_INVALID_RECORD, problem)
-    task_type = normalize_task_type(raw["TaskType"])
-    if task_type is None:
-        return skip(
-            SKIP_UNKNOWN_TASK, f"TaskType {clip_text(json.dumps(raw['TaskType']))} is not a FLARE25 task type"
-        )
-    if source.labelled and is_empty_answer(raw["Answer"]):
-        return skip(SKIP_EMPTY_ANSWER, "Answer is empty in a labelled split")
-    infos = [cache.get(p) for p in _image_paths(source, _image_names(raw) or [])]
-    image_problem = _image_problem(infos)
-    if image_problem:
-        return skip(*image_problem)
-    answer = ""
-    if source.labelled:
-        try:
-            answer = task_for(task_type).target(raw["Answer"], infos[0].size or (1, 1), box_format)
-        except AnswerError as e:
-            return skip(SKIP_UNPARSABLE_ANSWER, f"{task_type} answer: {e}")
-        key = _dedup_key(raw)
-        if key in state.seen:
-            first, first_answer = state.seen[key]
-            differs = "" if first_answer == answer else " (with a different answer)"
-            return skip(SKIP_DUPLICATE, f"repeats record {first} (same ImageName and Question){differs}")
-        state.seen[key] = (index, answer)
-    return build_record(source, index, raw, task_type, infos, answer, box_format)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Finding the files
-# ----------------------------------------------------------------------------------------------------------
-
-
-# ----------------------------------------------------------------------------------------------------------
-# One dataset
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SplitResult:
-    """What converting one (dataset, output split) produced."""
-
-    dataset: str
-    split: str
-    labelled: bool
-    records: list[dict] = field(default_factory=list)
-    skips: list[Skip] = field(default_factory=list)
-    raw: int = 0
-    source_files: list[str] = field(default_factory=list)
-    file_errors: list[dict] = field(default_factory=list)
-    missing_folders: list[str] = field(default_factory=list)
-    answers_ignored: int = 0
-    readable_sources: int = 0
 
 
 @dataclass
@@ -441,100 +229,6 @@ def _convert_file(
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The report
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _entry(res: SplitResult, output_file: Path | None, settings: dict) -> dict:
-    by_reason = Counter(s.reason for s in res.skips)
-    tasks = Counter(r["meta"]["task_type"] for r in res.records)
-    entry = {
-        "raw": res.raw,
-        "converted": len(res.records),
-        "skipped": len(res.skips),
-        "skipped_by_reason": {r: by_reason[r] for r in SKIP_REASONS if by_reason[r]},
-        "labelled": res.labelled,
-        "source_files": res.source_files,
-        "output_file": str(output_file) if output_file else None,
-        "task_types": dict(sorted(tasks.items())),
-        "multi_image_records": sum(isinstance(r["image"], list) for r in res.records),
-        "file_errors": res.file_errors,
-        "missing_folders": res.missing_folders,
-        "box_format": settings["box_format"],
-        "input_dir": settings["input_dir"],
-        "converted_at": settings["time"],
-    }
-    if not res.labelled:
-        entry["answers_ignored"] = res.answers_ignored
-    return entry
-
-
-def load_report(path: Path) -> dict:
-    """The existing report, or an empty one when absent or unreadable."""
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return report if isinstance(report, dict) and isinstance(report.get("datasets"), dict) else {}
-
-
-def merge_report(
-    old: dict, results: Sequence[SplitResult], entries: dict, touched: set, settings: dict
-) -> dict:
-    """A report whose entries for the ``touched`` (dataset, split) pairs come from this run; every other
-    entry of ``old`` is kept as it was."""
-
-    def keep(item: dict) -> bool:
-        return (item.get("dataset"), item.get("split")) not in touched
-
-    datasets: dict[str, dict] = {}
-    for name, splits in old.get("datasets", {}).items():
-        kept = {s: e for s, e in splits.items() if (name, s) not in touched}
-        if kept:
-            datasets[name] = kept
-    for (name, split), entry in entries.items():
-        datasets.setdefault(name, {})[split] = entry
-    order = list(FLARE_DATASETS)
-    datasets = {
-        n: {s: datasets[n][s] for s in sorted(datasets[n], key=_split_rank)}
-        for n in sorted(datasets, key=lambda n: order.index(n) if n in order else len(order))
-    }
-    skipped = [s for s in old.get("skipped", []) if keep(s)]
-    skipped += [asdict(s) for res in results for s in res.skips]
-    file_errors = [e for e in old.get("file_errors", []) if keep(e)]
-    file_errors += [e for res in results for e in res.file_errors]
-    return {
-        "tool": TOOL_NAME,
-        "tool_version": TOOL_VERSION,
-        "settings": settings,
-        "totals": _totals(datasets),
-        "datasets": datasets,
-        "skipped": skipped,
-        "file_errors": file_errors,
-    }
-
-
-def _split_rank(split: str) -> int:
-    return OUTPUT_SPLITS.index(split) if split in OUTPUT_SPLITS else len(OUTPUT_SPLITS)
-
-
-def _totals(datasets: dict) -> dict:
-    totals: Counter = Counter()
-    reasons: Counter = Counter()
-    for splits in datasets.values():
-        for entry in splits.values():
-            for key in ("raw", "converted", "skipped"):
-                totals[key] += entry.get(key, 0)
-            reasons.update(entry.get("skipped_by_reason", {}))
-    return {
-        "raw": totals["raw"],
-        "converted": totals["converted"],
-        "skipped": totals["skipped"],
-        "skipped_by_reason": {r: reasons[r] for r in SKIP_REASONS if reasons[r]},
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------------
 
@@ -554,7 +248,7 @@ def check_input_dir(input_dir: Path) -> None:
         )
 
 
-def resolve_datasets(names: Iterable[str]) -> list[str]:
+def resolve_conversion_datasets(names: Iterable[str]) -> list[str]:
     """Folder names for ``names`` (any case, or registry form), without repeats. Raises ``ValueError``
     listing the valid names for an unknown one."""
     out: list[str] = []
@@ -594,7 +288,7 @@ def convert(
     """
     in_dir = Path(input_dir).expanduser().resolve()
     out_dir = Path(output_dir).expanduser().resolve()
-    names = resolve_datasets(datasets)
+    names = resolve_conversion_datasets(datasets)
     cli_splits = _check_args(splits, box_format)
     check_input_dir(in_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -618,72 +312,10 @@ def convert(
             if output_file is not None:
                 write_json_atomic(output_file, res.records)
             results.append(res)
-            entries[(name, res.split)] = _entry(res, output_file, settings)
+            entries[(name, res.split)] = report_entry(res, output_file, settings)
     touched = {(n, s) for n in names for c in cli_splits for s in OUTPUT_SPLITS_OF[c]}
     report_path = out_dir / REPORT_NAME
     report = merge_report(load_report(report_path), results, entries, touched, settings)
     report["last_run"] = {"entries": [list(k) for k in entries], "distinct_images_checked": len(cache)}
     write_json_atomic(report_path, report)
     return report
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The summary
-# ----------------------------------------------------------------------------------------------------------
-
-_SHORT = {
-    SKIP_MISSING_IMAGE: "missing img",
-    SKIP_CORRUPT_IMAGE: "corrupt img",
-    SKIP_EMPTY_ANSWER: "empty ans",
-    SKIP_DUPLICATE: "duplicate",
-    SKIP_UNKNOWN_TASK: "unknown task",
-    SKIP_INVALID_RECORD: "invalid",
-    SKIP_UNPARSABLE_ANSWER: "unparsable",
-}
-
-
-def _summary_rows(report: dict, pairs: Iterable[Sequence[str]] | None) -> list[tuple[str, str, dict]]:
-    wanted = pairs if pairs is not None else report.get("last_run", {}).get("entries", [])
-    datasets = report.get("datasets", {})
-    return [(d, s, datasets[d][s]) for d, s in (tuple(p) for p in wanted) if s in datasets.get(d, {})]
-
-
-def summary_table(report: dict, pairs: Iterable[Sequence[str]] | None = None) -> Table:
-    """A rich table of raw / converted / skipped (by reason) per dataset and split; ``pairs`` limits it to
-    those (dataset, split) entries (default: the last run's)."""
-    rows = _summary_rows(report, pairs)
-    reasons = [r for r in SKIP_REASONS if any(e["skipped_by_reason"].get(r) for _, _, e in rows)]
-    table = Table(title="FLARE25 -> Qwen3-VL conversion")
-    table.add_column("dataset", no_wrap=True)
-    table.add_column("split", no_wrap=True)
-    for col in ("raw", "converted", "skipped", *(_SHORT.get(r, r) for r in reasons)):
-        table.add_column(col, justify="right")
-    sums: Counter = Counter()
-    for dataset, split, e in rows:
-        counts = [
-            e["raw"],
-            e["converted"],
-            e["skipped"],
-            *(e["skipped_by_reason"].get(r, 0) for r in reasons),
-        ]
-        sums.update(dict(enumerate(counts)))
-        style = "yellow" if e.get("file_errors") or e.get("output_file") is None else None
-        table.add_row(dataset, split, *(str(c) for c in counts), style=style)
-    if rows:
-        table.add_section()
-        table.add_row("total", "", *(str(sums[i]) for i in range(3 + len(reasons))))
-    return table
-
-
-def summary_notes(report: dict, pairs: Iterable[Sequence[str]] | None = None) -> list[str]:
-    """One line per entry with something to say: file errors, absent folders, no output written."""
-    notes = []
-    for dataset, split, e in _summary_rows(report, pairs):
-        items = [f"{err['reason']}: {err['detail']}" for err in e.get("file_errors", [])]
-        items += [f"no folder {p}" for p in e.get("missing_folders", [])]
-        if e.get("answers_ignored"):
-            items.append(f"{e['answers_ignored']} non-empty answers ignored (inference inputs)")
-        if e.get("output_file") is None:
-            items.append("no output file written")
-        notes += [f"{dataset} {split}: {item}" for item in items]
-    return notes

@@ -2,8 +2,8 @@
 
 ``uv run python data_conversion/validate_conversion.py [--input_dir DIR] [--save_report FILE]`` from the
 repository root, or ``uv run python validate_conversion.py --input_dir ../converted_data`` from inside
-``data_conversion/``. Exit status: 0 when there is no error (warnings allowed), 1 on any error, 2 when the folder
-does not exist.
+``data_conversion/`` (the project is installed editable, so its packages import from either folder). Exit
+status: 0 when there is no error (warnings allowed), 1 on any error, 2 when the folder does not exist.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, whatever the working directory
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from data_conversion.validation import describe_issues, validate, validation_table  # noqa: E402
-from qwenvl.flare.jsonio import write_json_atomic  # noqa: E402
-from qwenvl.flare.paths import default_converted_dir  # noqa: E402
+from data_conversion.validation import describe_issues, validate, validation_table
+from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.paths import default_converted_dir
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from data_conversion import convert_flare_to_qwen3vl as cli
-from data_conversion import converter
-from data_conversion.converter import ConversionInputError, convert, resolve_datasets
+from data_conversion import converter, records
+from data_conversion.converter import ConversionInputError, convert, resolve_conversion_datasets
 from data_conversion.make_demo_dataset import make_demo_dataset
 from qwenvl.flare.answers import AnswerError, read_literal
 from qwenvl.flare.boxes import grid_to_pixel
@@ -542,7 +542,7 @@ def test_each_image_decoded_once(clean, tmp_path, monkeypatch):
         calls.append(path)
         return inspect_image(path)
 
-    monkeypatch.setattr(converter, "inspect_image", counting)
+    monkeypatch.setattr(records, "inspect_image", counting)
     report = convert(clean["raw"], tmp_path, ["iugc", "neojaundice"], ["train"], progress=False)
     assert len(calls) == len(set(calls))
     iugc = _load(tmp_path / "iugc_train.json")
@@ -640,7 +640,7 @@ def test_atomic_json_write_keeps_old_file_on_failure(tmp_path):
 
 
 def test_dataset_names_resolved_and_unknown_listed(capsys):
-    assert resolve_datasets(["busi_det", "FLARE_Retino", "Bone_Marrow", "retino"]) == [
+    assert resolve_conversion_datasets(["busi_det", "FLARE_Retino", "Bone_Marrow", "retino"]) == [
         "BUSI-det",
         "retino",
         "bone_marrow",
