@@ -63,6 +63,7 @@ OUTPUT_SPLITS_OF = {"train": ("train",), "val": ("val", "val_hidden"), "test": (
 
 
 def _labelled_layout(split: str) -> str:
+    """How one labelled split looks on disk, for the error message of an unusable ``input_dir``."""
     folder = SPLIT_FOLDERS[split]
     return (
         f"<root>/{folder}/<Modality>/<dataset>/{IMAGE_FOLDERS[folder]}/... + "
