@@ -227,7 +227,7 @@ def test_tag_image_mismatch_fails_the_annotation_section(clean: Path, tmp_path: 
     ],
 )
 def test_record_checks(record: object, kind: str) -> None:
-    assert [k for k, _ in dc.check_record(record)] == [kind]
+    assert [k for k, _ in dc.check_annotation_record(record)] == [kind]
 
 
 def test_good_record_has_no_issue() -> None:
@@ -235,7 +235,7 @@ def test_good_record_has_no_issue() -> None:
         "image": "/a.png",
         "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "A"}],
     }
-    assert dc.check_record(rec) == []
+    assert dc.check_annotation_record(rec) == []
 
 
 def test_file_level_errors(tmp_path: Path) -> None:
@@ -260,17 +260,21 @@ def test_file_level_errors(tmp_path: Path) -> None:
 def test_default_selection_is_the_labelled_training_files(tmp_path: Path) -> None:
     for name in ("retino_train", "retino_val", "retino_test", "chestdr_val_hidden", "BUSI-det_train"):
         (tmp_path / f"{name}.json").write_text("[]")
-    chosen, errors = dc.select_datasets(None, tmp_path)
+    chosen, errors = dc.resolve_check_datasets(None, tmp_path)
     assert [n for n, _ in chosen] == ["flare_retino", "flare_busi_det"] and errors == []
     registry.register_dataset("mine", tmp_path / "retino_train.json")
     registry.register_dataset("mine_inputs", tmp_path / "retino_test.json", labelled=False)
-    assert [n for n, _ in dc.select_datasets(None, None)[0]] == ["flare_retino", "flare_busi_det", "mine"]
-    chosen, errors = dc.select_datasets(["flare_retino%50,flare_chestdr"], None)
+    assert [n for n, _ in dc.resolve_check_datasets(None, None)[0]] == [
+        "flare_retino",
+        "flare_busi_det",
+        "mine",
+    ]
+    chosen, errors = dc.resolve_check_datasets(["flare_retino%50,flare_chestdr"], None)
     assert [n for n, _ in chosen] == ["flare_retino"]
     assert errors[0].startswith(
         "unknown dataset 'flare_chestdr'.\nIt is FLARE25 dataset 'chestdr', not converted yet"
     )
-    assert dc.select_datasets(["flare_retino%abc"], None) == (
+    assert dc.resolve_check_datasets(["flare_retino%abc"], None) == (
         [],
         ["bad sampling rate in 'flare_retino%abc': expected NAME%NUMBER, e.g. flare_retino%50"],
     )
