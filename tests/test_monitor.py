@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from qwenvl.flare import runfiles
 from qwenvl.tools import monitor as mon
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,18 +94,19 @@ def once(out: Path, *extra: str) -> tuple[int, str]:
 
 # ------------------------------------------------------------------------------------------- states
 def test_file_names_match_the_callback() -> None:
-    """The monitor's file names are the callback's (read from its source: importing it loads transformers)."""
+    """The monitor's file names are the callback's: both take them from qwenvl/flare/runfiles.py (the callback's
+    import is read from its source: importing it loads transformers)."""
     tree = ast.parse((REPO / "qwenvl" / "train" / "callbacks.py").read_text())
-    constants = {
-        node.targets[0].id: node.value.value
+    from_runfiles = {
+        alias.name
         for node in tree.body
-        if isinstance(node, ast.Assign)
-        and isinstance(node.targets[0], ast.Name)
-        and isinstance(node.value, ast.Constant)
+        if isinstance(node, ast.ImportFrom) and node.module == "qwenvl.flare.runfiles"
+        for alias in node.names
     }
-    assert constants["RUN_FILE"] == mon.RUN_FILE == "run.json"
-    assert constants["TRAIN_LOG_JSONL"] == mon.TRAIN_LOG_JSONL == "train_log.jsonl"
-    assert constants["TRAIN_LOG_TEXT"] == mon.TRAIN_LOG_TEXT == "train.log"
+    assert {"RUN_FILE", "TRAIN_LOG_JSONL", "TRAIN_LOG_TEXT"} <= from_runfiles
+    assert mon.RUN_FILE is runfiles.RUN_FILE == "run.json"
+    assert mon.TRAIN_LOG_JSONL is runfiles.TRAIN_LOG_JSONL == "train_log.jsonl"
+    assert mon.TRAIN_LOG_TEXT is runfiles.TRAIN_LOG_TEXT == "train.log"
 
 
 def test_running_10_of_40_steps(tmp_path: Path) -> None:
