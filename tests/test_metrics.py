@@ -18,7 +18,7 @@ from qwenvl.flare.metrics import (
     prf_from_counts,
     rouge_l,
 )
-from qwenvl.flare.parsing import parse_multilabel
+from qwenvl.flare.tasks.multi_label import parse_multilabel
 
 # ----------------------------------------------------------------------------------------------- classification
 

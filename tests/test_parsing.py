@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from qwenvl.flare.parsing import (
-    boxes_to_grid,
-    boxes_to_pixels,
-    normalize_classification_gt,
-    parse_answer,
-    parse_boxes,
-    parse_classification,
-    parse_instances,
-    parse_multilabel,
-    parse_number,
-    parse_options,
-    parse_report,
-)
+from qwenvl.flare.boxes import boxes_to_grid, boxes_to_pixels
+from qwenvl.flare.parsing import parse_boxes, parse_instances, parse_number, parse_options
+from qwenvl.flare.tasks import parse_answer
+from qwenvl.flare.tasks.classification import normalize_classification_gt, parse_classification
+from qwenvl.flare.tasks.multi_label import parse_multilabel
+from qwenvl.flare.tasks.report_generation import parse_report
 
 BM_QUESTION = (
     "Question: What abnormality does this bone marrow smear show? "

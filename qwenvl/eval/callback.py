@@ -35,8 +35,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qwenvl.eval.evaluate import MAIN_METRIC, score_generations
 from qwenvl.eval.generate import BatchGenerator, Generation, max_new_tokens_for, record_task
+from qwenvl.eval.predictions import score_generations
+from qwenvl.flare.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ def flatten_metrics(metrics: dict, prefix: str = PREFIX) -> dict[str, float]:
     for section in ("by_task", "by_dataset"):
         for name, group in metrics.get(section, {}).items():
             task = name if section == "by_task" else group.get("task_type")
-            if task not in MAIN_METRIC:
+            if task not in TASKS:
                 continue
-            metric = MAIN_METRIC[task][0]
+            metric = TASKS[task].main_metric
             value = group.get(metric)
             if isinstance(value, (int, float)):
                 scope = f"all_{task}" if section == "by_task" else name

@@ -8,7 +8,7 @@ the tokens the model saw before each answer during training (:func:`build_prompt
 ``run_info.json``, else the processor's saved limits).
 
 Rows are left-padded so every row's answer starts at the same column, the KV cache is on, and decoding is
-greedy. Each task type gets its own token budget (:data:`TASK_MAX_NEW_TOKENS`); a record whose images cannot
+greedy. Each task type gets its own token budget (``TaskType.max_new_tokens``); a record whose images cannot
 be loaded yields a :class:`Generation` with ``error`` set instead of stopping the run.
 
 Anything with the :data:`Generator` signature (records in, one text or :class:`Generation` per record out, in
@@ -32,32 +32,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from qwenvl.data.processing import record_images, record_to_messages
-from qwenvl.flare.datasets import (
-    CLASSIFICATION,
-    COUNTING,
-    DETECTION,
-    INSTANCE_DETECTION,
-    MULTI_LABEL,
-    REGRESSION,
-    REPORT_GENERATION,
-    normalize_task_type,
-)
 from qwenvl.flare.images import load_rgb
 from qwenvl.flare.runfiles import RUN_INFO
+from qwenvl.flare.tasks import TASKS, normalize_task_type
 
 log = logging.getLogger(__name__)
 
-# New-token budget per task type: a letter or a number is a handful of tokens; Qwen's tokenizer spends one
-# token per digit, so a box costs about 20 tokens, a chromosome instance answer (dozens of boxes) hundreds.
-TASK_MAX_NEW_TOKENS: dict[str, int] = {
-    CLASSIFICATION: 16,
-    MULTI_LABEL: 64,
-    DETECTION: 256,
-    INSTANCE_DETECTION: 1024,
-    COUNTING: 16,
-    REGRESSION: 16,
-    REPORT_GENERATION: 256,
-}
 FALLBACK_MAX_NEW_TOKENS = 256  # a record without a known task type
 
 
@@ -102,7 +82,7 @@ def max_new_tokens_for(task: str | None, override: int | None = None) -> int:
         if override <= 0:
             raise ValueError(f"max_new_tokens must be positive, got {override}")
         return override
-    return TASK_MAX_NEW_TOKENS.get(task or "", FALLBACK_MAX_NEW_TOKENS)
+    return TASKS[task].max_new_tokens if task in TASKS else FALLBACK_MAX_NEW_TOKENS
 
 
 def build_prompt(record: dict, processor: Any) -> str:

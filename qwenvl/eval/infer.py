@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.eval.generate import Generator, as_generation, make_record
-from qwenvl.flare.boxes import GRID
-from qwenvl.flare.datasets import BOX_TASKS, INSTANCE_DETECTION, normalize_task_type
+from qwenvl.flare.boxes import GRID, boxes_to_pixels
 from qwenvl.flare.images import read_image_size
-from qwenvl.flare.parsing import boxes_to_pixels, parse_answer, parse_boxes, parse_instances
+from qwenvl.flare.parsing import parse_boxes
 from qwenvl.flare.schema import BOX_PIXEL, BOX_QWEN1000
+from qwenvl.flare.tasks import TASKS, normalize_task_type
 
 
 @dataclass
@@ -40,9 +40,8 @@ class InferenceResult:
 def answer_boxes(text: str, task_type: str | None) -> Any:
     """Boxes in an answer as written: per the task type for box tasks, else any bracketed four-number boxes
     (``None`` when there are none)."""
-    if task_type == INSTANCE_DETECTION:
-        return parse_instances(text) or None
-    boxes = parse_boxes(text)
+    task = TASKS.get(task_type or "")
+    boxes = task.parse(text) if task is not None and task.has_boxes else parse_boxes(text)
     return boxes or None
 
 
@@ -76,9 +75,9 @@ def infer_with(
     generation = as_generation(generator([record])[0])
     first = str(Path(images[0]).expanduser())
     size = read_image_size(first)
-    parsed = parse_answer(generation.text, task, question) if task else None
+    parsed = TASKS[task].parse(generation.text, question) if task else None
     boxes = None
-    if task in BOX_TASKS or task is None:
+    if task is None or TASKS[task].has_boxes:
         boxes = boxes_in_pixels(answer_boxes(generation.text, task), size, box_format)
     return InferenceResult(generation.text, task, parsed, boxes, first, size, generation.error)
 
@@ -88,7 +87,8 @@ def format_result(result: InferenceResult, box_format: str = BOX_QWEN1000) -> st
     if result.error:
         return f"error: {result.error}"
     lines = [f"answer: {result.text}"]
-    if result.task_type and result.task_type not in BOX_TASKS:
+    box_task = result.task_type is not None and TASKS[result.task_type].has_boxes
+    if result.task_type and not box_task:
         lines.append(
             f"parsed ({result.task_type}): {result.parsed if result.parsed is not None else 'unparsable'}"
         )
@@ -96,7 +96,7 @@ def format_result(result: InferenceResult, box_format: str = BOX_QWEN1000) -> st
         w, h = result.image_size
         unit = f"0-{GRID} grid -> pixels" if box_format == BOX_QWEN1000 else "pixels as written"
         lines.append(f"boxes in pixels of {result.image} ({w}x{h}, {unit}): {result.boxes}")
-    elif result.task_type in BOX_TASKS:
+    elif box_task:
         lines.append("boxes: none could be read from the answer")
     return "\n".join(lines)
 

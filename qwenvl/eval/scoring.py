@@ -18,60 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.flare import metrics as M
-from qwenvl.flare.datasets import (
-    CLASSIFICATION,
-    COUNTING,
-    DETECTION,
-    INSTANCE_DETECTION,
-    MULTI_LABEL,
-    REGRESSION,
-    REPORT_GENERATION,
+from qwenvl.flare.raw import (
     SPLIT_FOLDERS,
-    TASK_TYPES,
-    normalize_task_type,
-)
-from qwenvl.flare.parsing import (
-    normalize_classification_gt,
-    parse_answer,
-    parse_options,
+    QuestionFileError,
+    is_empty_answer,
+    read_question_file,
+    record_key,
 )
 from qwenvl.flare.schema import REQUIRED_RAW_FIELDS
+from qwenvl.flare.tasks import TASK_TYPES, TASKS, normalize_task_type
 
 log = logging.getLogger(__name__)
 
 # (references, hypotheses) -> one GREEN score per report (None where the judge gave no usable answer).
 GreenFn = Callable[[list[str], list[str | None]], list[float | None]]
 
-REPORT_NOTE = (
-    "report_generation: bleu4 and rougeL are lexical stand-ins, not the challenge's GREEN score; "
-    "'green' appears only when a local GREEN model was given."
-)
-
-# Columns of each task's table, in order (the JSON holds the same keys).
-TASK_COLUMNS: dict[str, tuple[str, ...]] = {
-    CLASSIFICATION: ("balanced_accuracy", "accuracy"),
-    MULTI_LABEL: ("f1", "precision", "recall", "tp", "fp", "fn"),
-    DETECTION: ("f1", "precision", "recall", "tp", "fp", "fn"),
-    INSTANCE_DETECTION: ("f1", "precision", "recall", "tp", "fp", "fn"),
-    COUNTING: ("mae", "mae_penalized", "unparsable_share"),
-    REGRESSION: ("mae", "mae_penalized", "unparsable_share"),
-    REPORT_GENERATION: ("bleu4", "rougeL", "green", "green_n_failed"),
-}
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Record access
 # ---------------------------------------------------------------------------------------------------------
-
-
-def record_key(record: dict) -> tuple[str, str]:
-    """The matching key of a raw or prediction record: (JSON text of ``ImageName``, stripped ``Question``)."""
-    name = record["ImageName"]
-    if isinstance(name, str):
-        name = name.strip()
-    elif isinstance(name, list):
-        name = [n.strip() if isinstance(n, str) else n for n in name]
-    return json.dumps(name, ensure_ascii=False), str(record["Question"]).strip()
 
 
 def default_task_type_of(record: dict) -> str | None:
@@ -87,10 +51,6 @@ def default_dataset_of(record: dict) -> str:
     )
 
 
-def _is_empty_answer(answer: Any) -> bool:
-    return answer is None or (isinstance(answer, str) and not answer.strip())
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------
@@ -100,12 +60,9 @@ _QUESTION_FILE_RE = re.compile(r"^(?P<dataset>.+)_questions_[^/]*\.json$")
 
 def _read_json_list(path: Path) -> list:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not readable JSON ({exc}); fix or remove the file") from exc
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+        return read_question_file(path)
+    except QuestionFileError as exc:
+        raise ValueError(f"{exc}; fix or remove the file") from exc
 
 
 def _is_question_file(path: Path, data: Any) -> bool:
@@ -130,7 +87,7 @@ def _labelled_records(path: Path, data: list, dataset: str) -> list[tuple[str, d
                 f"{path}: record {i} lacks {', '.join(missing)}; every ground-truth record needs "
                 f"{', '.join(REQUIRED_RAW_FIELDS)} (fix the record or remove it)"
             )
-    out = [(dataset, r) for r in data if not _is_empty_answer(r["Answer"])]
+    out = [(dataset, r) for r in data if not is_empty_answer(r["Answer"])]
     if len(out) < len(data):
         log.warning(
             "%s: skipped %d of %d records with an empty Answer", path, len(data) - len(out), len(data)
@@ -191,7 +148,7 @@ def load_ground_truth(path: str | Path) -> list[tuple[str, dict]]:
                 continue
             if not isinstance(data, list):
                 raise ValueError(f"{file}: expected a JSON list of question records")
-            if data and all(isinstance(r, dict) and _is_empty_answer(r.get("Answer")) for r in data):
+            if data and all(isinstance(r, dict) and is_empty_answer(r.get("Answer")) for r in data):
                 log.warning("%s: every Answer is empty (an inference input); skipped", file)
                 continue
             records.extend(_labelled_records(file, data, file.parent.name))
@@ -240,10 +197,7 @@ class ScoredItem:
 
 
 def _parse_gt(record: dict, task: str) -> Any:
-    answer, question = record["Answer"], record.get("Question")
-    if task == CLASSIFICATION:
-        return normalize_classification_gt(answer, parse_options(question))
-    return parse_answer(answer, task, question)
+    return TASKS[task].parse_reference(record["Answer"], record.get("Question"))
 
 
 def _pair_predictions(
@@ -275,39 +229,14 @@ def _pair_predictions(
     return paired, {"n_extra_predictions": extra, "n_reused_predictions": reused}
 
 
-def _task_metrics(task: str, items: Sequence[ScoredItem], with_green: bool) -> dict[str, Any]:
-    """The metric values of one group of items of a single task type."""
-    gts = [it.gt for it in items]
-    preds = [it.pred for it in items]
-    if task == CLASSIFICATION:
-        return {"balanced_accuracy": M.balanced_accuracy(gts, preds), "accuracy": M.accuracy(gts, preds)}
-    if task == MULTI_LABEL:
-        return M.multilabel_micro_f1(gts, preds)
-    if task == DETECTION:
-        return M.detection_f1(gts, preds)
-    if task == INSTANCE_DETECTION:
-        return M.instance_detection_f1(gts, preds)
-    if task in (COUNTING, REGRESSION):
-        ok = [(g, p) for g, p in zip(gts, preds) if p is not None]
-        return {
-            "mae": M.mae([g for g, _ in ok], [p for _, p in ok]) if ok else None,
-            "mae_penalized": M.mae(gts, [0.0 if p is None else p for p in preds]),
-            "unparsable_share": (len(items) - len(ok)) / len(items),
-        }
-    if task == REPORT_GENERATION:
-        out: dict[str, Any] = {"bleu4": M.bleu4(gts, preds), "rougeL": M.rouge_l(gts, preds)}
-        if with_green:
-            scores = [it.green for it in items if it.green is not None]
-            out["green"] = sum(scores) / len(scores) if scores else None
-            out["green_n_failed"] = len(items) - len(scores)
-        return out
-    raise ValueError(f"unknown task type {task!r}")
-
-
 def _group(items: Sequence[ScoredItem], task: str, with_green: bool) -> dict[str, Any]:
     return {
         "n": len(items),
-        **_task_metrics(task, items, with_green),
+        **TASKS[task].metrics(
+            [it.gt for it in items],
+            [it.pred for it in items],
+            [it.green for it in items] if with_green else None,
+        ),
         "n_unparsable": sum(1 for it in items if it.pred is None),
         "n_missing": sum(1 for it in items if it.missing),
     }
@@ -380,7 +309,7 @@ def score_records(
             continue
         if pred is None:
             missing_keys.append(record_key(record))
-        pred_value = None if pred is None else parse_answer(pred.get("Answer"), task, record.get("Question"))
+        pred_value = None if pred is None else TASKS[task].parse(pred.get("Answer"), record.get("Question"))
         items.append(ScoredItem(dataset, task, gt_value, pred_value, pred is None))
     if missing_keys:
         log.warning(
@@ -390,7 +319,7 @@ def score_records(
         )
     if counts["n_extra_predictions"]:
         log.warning("%d predictions match no ground-truth record (ignored)", counts["n_extra_predictions"])
-    reports = [it for it in items if it.task == REPORT_GENERATION]
+    reports = [it for it in items if TASKS[it.task].judged]
     if green_fn is not None and reports:
         scores = green_fn([it.gt for it in reports], [it.pred for it in reports])
         if len(scores) != len(reports):
@@ -426,7 +355,7 @@ def _assemble(
         "n_extra_predictions": counts["n_extra_predictions"],
         "n_reused_predictions": counts["n_reused_predictions"],
         "n_gt_skipped": n_gt_skipped,
-        "notes": [REPORT_NOTE] if REPORT_GENERATION in by_task else [],
+        "notes": [TASKS[t].note for t in by_task if TASKS[t].note],
     }
     return result
 
@@ -471,7 +400,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         f"(ignored): {metrics['n_extra_predictions']}; ground truth skipped: {metrics.get('n_gt_skipped', 0)}.",
     ]
     for task, overall in metrics["by_task"].items():
-        cols = [c for c in TASK_COLUMNS[task] if c in overall]
+        cols = [c for c in TASKS[task].metric_columns if c in overall]
         header = ["scope", "n", *cols, "n_unparsable", "n_missing"]
         lines += ["", f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         rows = [("**all**", overall)] + [
@@ -479,6 +408,6 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         ]
         for name, group in rows:
             lines.append("| " + " | ".join([name] + [_fmt(group.get(c)) for c in header[1:]]) + " |")
-        if task == REPORT_GENERATION:
-            lines += ["", f"_{REPORT_NOTE}_"]
+        if TASKS[task].note:
+            lines += ["", f"_{TASKS[task].note}_"]
     return "\n".join(lines) + "\n"

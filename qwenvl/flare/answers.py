@@ -26,11 +26,6 @@ _NUM_GAP_RE = re.compile(r"(?<=[\d.])\s+(?=[-+\d.])")
 _BRACKET_GAP_RE = re.compile(r"\]\s*\[")
 
 
-def is_empty_answer(answer: Any) -> bool:
-    """``None``, or a string that is blank after stripping."""
-    return answer is None or (isinstance(answer, str) and not answer.strip())
-
-
 def answer_text(answer: Any) -> str:
     """A raw answer as a stripped string; non-strings are written as JSON (``7`` -> ``"7"``), never repr."""
     if answer is None:

@@ -1,0 +1,209 @@
+"""The command lines of evaluation: ``scripts/evaluate_flare.py``, ``scripts/infer.py`` and
+``scripts/score_predictions.py`` (also installed as ``flare-evaluate``, ``flare-infer``, ``flare-score``).
+Each parses its arguments and calls the library; exit status 2 for a usage or input error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from qwenvl.eval.evaluate import SPLITS, EvalOptions, run_evaluation
+from qwenvl.eval.scoring import metrics_markdown, score_files
+from qwenvl.flare.runfiles import EVAL_METRICS_MD
+
+EVALUATE_DOC = r"""Evaluate a checkpoint on FLARE25 data: generate, write challenge-format predictions, score, compare.
+
+    uv run python scripts/evaluate_flare.py --model_path output/qwen3vl_flare25_starter \
+        --split val --output_dir eval/finetuned [--datasets retino BUSI-det ...] [--compare eval/base]
+
+Datasets are FLARE folder names (``BUSI-det``) or registry names (``flare_busi_det``, ``flare_busi_det_val``);
+default: every converted dataset of the split. Pixel limits default to the ones the checkpoint was trained with
+(its run_info.json, else its processor). Writes predictions.json, raw_outputs.jsonl and summary.json; for the
+labelled ``val`` split also metrics.json, metrics.md and metrics.png. See docs/evaluation.md.
+"""
+
+INFER_DOC = r"""Ask a checkpoint a question about one or more images and print the answer.
+
+    uv run python scripts/infer.py --model_path output/qwen3vl_flare25_starter \
+        --image lesion.png --question "Detect all breast lesions in this ultrasound image." --task_type detection
+
+For box tasks (``--task_type detection`` / ``instance_detection``, or boxes found in the answer) the boxes are
+also printed in pixels of the first image (the model answers on Qwen3-VL's 0-1000 grid; ``--box_format pixel``
+for a model trained on pixel boxes). Prompt and pixel limits are the ones evaluation and training use.
+"""
+
+SCORE_DOC = r"""Score FLARE25 challenge-format predictions against raw ground truth; print Markdown tables, write JSON.
+
+    uv run python scripts/score_predictions.py --predictions predictions.json \
+        --ground_truth organized_dataset/validation-public --output metrics.json
+
+Report generation gets BLEU-4 and ROUGE-L (lexical stand-ins); the GREEN score only with
+``--green_model /local/GREEN-model-folder``. Definitions: docs/metrics.md.
+"""
+
+
+# ------------------------------------------------------------------------------------------ evaluate_flare
+def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
+    p = argparse.ArgumentParser(
+        description=EVALUATE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model_path", required=True, help="checkpoint folder (checkpoint-N or a run's output_dir)"
+    )
+    p.add_argument("--output_dir", required=True, help="folder for predictions, raw outputs and metrics")
+    p.add_argument("--datasets", nargs="+", default=None, help="default: every registered dataset of --split")
+    p.add_argument("--split", default="val", choices=SPLITS, help="val (labelled, scored), val_hidden, test")
+    p.add_argument("--batch_size", type=int, default=8, help="records per generate call")
+    p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
+    p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
+    p.add_argument(
+        "--max_new_tokens",
+        type=int,
+        default=None,
+        help="one budget for every task (default per task: 16 classification/numbers, 64 multi-label, "
+        "256 detection and reports, 1024 chromosome instances)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="evaluate only the first N records of each dataset"
+    )
+    p.add_argument("--compare", default=None, help="another evaluation folder: adds a side-by-side table")
+    p.add_argument(
+        "--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)"
+    )
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    p.add_argument("--attn_implementation", default=None, help="sdpa (default), flash_attention_2, eager")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    return EvalOptions(
+        model_path=a.model_path,
+        output_dir=a.output_dir,
+        datasets=a.datasets,
+        split=a.split,
+        batch_size=a.batch_size,
+        min_pixels=a.min_pixels,
+        max_pixels=a.max_pixels,
+        max_new_tokens=a.max_new_tokens,
+        limit=a.limit,
+        compare=a.compare,
+        dtype=a.dtype,
+        device=a.device,
+        attn_implementation=a.attn_implementation,
+        progress=not a.no_progress,
+    )
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    options = parse_evaluate_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    from qwenvl.model.loading import ModelNotFoundError
+
+    try:
+        result = run_evaluation(options)
+    except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
+        return 2
+    summary = result.summary
+    print(
+        f"{summary['n_records']} records, {summary['n_unparsable']} unparsable answers, "
+        f"{summary['n_failed']} failed inputs, {summary['generation_seconds']} s of generation"
+    )
+    if result.metrics is None:
+        print(
+            f"split {options.split!r} carries no answers: predictions only, no metrics. "
+            f"Wrote {', '.join(result.files)} to {result.output_dir}"
+        )
+        return 0
+    print((result.output_dir / EVAL_METRICS_MD).read_text(encoding="utf-8"))
+    print(f"Wrote {', '.join(result.files)} to {result.output_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- infer
+def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=INFER_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", required=True, help="checkpoint folder (or a locally cached hub id)")
+    p.add_argument(
+        "--image", action="append", required=True, help="an image file; repeat for several, in order"
+    )
+    p.add_argument("--question", required=True, help="the question, options included")
+    p.add_argument(
+        "--task_type",
+        default=None,
+        help="classification, multi-label classification, detection, instance_detection, counting, "
+        "regression, report_generation: picks the token budget and the answer parser",
+    )
+    p.add_argument(
+        "--box_format", default="qwen1000", choices=("qwen1000", "pixel"), help="how the model writes boxes"
+    )
+    p.add_argument(
+        "--max_new_tokens", type=int, default=None, help="default: the task's budget (256 without a task)"
+    )
+    p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
+    p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
+    p.add_argument(
+        "--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)"
+    )
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
+    return p.parse_args(argv)
+
+
+def infer_main(argv: list[str] | None = None) -> int:
+    args = parse_infer_args(argv)
+    from qwenvl.eval.infer import format_result, infer
+    from qwenvl.model.loading import ModelNotFoundError
+
+    try:
+        result = infer(
+            args.model_path,
+            args.image,
+            args.question,
+            args.task_type,
+            args.box_format,
+            args.max_new_tokens,
+            args.min_pixels,
+            args.max_pixels,
+            args.dtype,
+            args.device,
+        )
+    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(result, args.box_format))
+    return 1 if result.error else 0
+
+
+# --------------------------------------------------------------------------------------- score_predictions
+def parse_score_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=SCORE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--predictions", required=True, help="JSON list: the input records with Answer filled in")
+    p.add_argument(
+        "--ground_truth",
+        required=True,
+        help="a raw <dataset>_questions_*.json file, or a folder searched for them (e.g. validation-public)",
+    )
+    p.add_argument("--output", default="metrics.json", help="where to write the metrics JSON")
+    p.add_argument(
+        "--green_model",
+        default=None,
+        help="local folder of a GREEN judge model (e.g. GREEN-radllama2-7b); without it no GREEN score",
+    )
+    return p.parse_args(argv)
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    args = parse_score_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        metrics = score_files(args.predictions, args.ground_truth, args.green_model)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(metrics_markdown(metrics))
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    print(f"metrics written to {out}")
+    return 0
