@@ -1,12 +1,9 @@
 #!/usr/bin/env python
-r"""Ask a checkpoint a question about one or more images and print the answer.
+"""Ask a checkpoint a question about one or more images and print the answer.
 
-    uv run python scripts/infer.py --model_path output/qwen3vl_flare25_starter \
-        --image lesion.png --question "Detect all breast lesions in this ultrasound image." --task_type detection
+    uv run python scripts/infer.py --model_path output/qwen3vl_flare25_starter --image x.png --question "..." --task_type detection
 
-For box tasks (``--task_type detection`` / ``instance_detection``, or boxes found in the answer) the boxes are
-also printed in pixels of the first image (the model answers on Qwen3-VL's 0-1000 grid; ``--box_format pixel``
-for a model trained on pixel boxes). Prompt and pixel limits are the ones evaluation and training use.
+`--help` for every option; the code is qwenvl/eval/cli.py.
 """
 
 import sys

@@ -3,17 +3,14 @@
     uv run python scripts/monitor_training.py --output_dir ./output/qwen3vl_flare25_starter [--refresh 10]
         [--once [--json]] [--tail N] [--plot loss.png]
 
-See docs/monitoring.md; the logic lives in qwenvl/tools/monitor.py.
+See docs/monitoring.md; the logic lives in qwenvl/tools/monitor/.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
-
-from qwenvl.tools.monitor import main  # noqa: E402
+from qwenvl.tools.monitor import main
 
 if __name__ == "__main__":
     sys.exit(main())

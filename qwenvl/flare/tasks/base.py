@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from qwenvl.flare.parsing import clean_text
+from qwenvl.flare.answers import tidy_number
+from qwenvl.flare.metrics import mae_metrics
+from qwenvl.flare.parsing import clean_text, parse_number
 
 
 class TaskType:
@@ -65,3 +67,24 @@ class TaskType:
 
     def __repr__(self) -> str:
         return f"<task type {self.name}>"
+
+
+class NumericTask(TaskType):
+    """A task whose answer is one number (counting, regression): read as the first number in the text,
+    written back as a number, scored by mean absolute error."""
+
+    metric_columns = ("mae", "mae_penalized", "unparsable_share")
+    main_metric = "mae"
+    higher_is_better = False
+    max_new_tokens = 16
+
+    def parse(self, answer: object, question: str | None = None) -> float | None:
+        return parse_number(answer)
+
+    def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
+        return tidy_number(value)
+
+    def metrics(
+        self, gts: Sequence[Any], preds: Sequence[Any], green: Sequence[float | None] | None = None
+    ) -> dict[str, Any]:
+        return mae_metrics(gts, preds)
