@@ -1,8 +1,9 @@
-"""Checks on converted Qwen3-VL JSON files (``<dataset>_<split>.json``, format: ``schema.py``).
+"""Checks on converted Qwen3-VL JSON files (``<dataset>_<split>.json``, format: ``qwenvl/flare/schema.py``).
 
 Errors (any one fails validation): a file that is not a JSON list; a record without ``image`` /
-``conversations`` structure; a ``<image>`` tag count different from the number of images; an image path that is
-not absolute, missing, or does not decode; an empty answer in a labelled record (``meta.has_answer`` true); a
+``conversations`` structure; a ``<image>`` tag count different from the number of images, or a tag in an answer;
+an empty answer in a labelled record (``meta.has_answer`` true) - these four are the record structure of
+``qwenvl.flare.schema.record_problems``; an image path that is not absolute, missing, or does not decode; a
 repeat of an earlier record's images + question; a box answer that is not JSON boxes (on the 0-1000 grid when
 ``meta.box_format`` is ``qwen1000``).
 
@@ -26,17 +27,25 @@ from rich.table import Table
 
 from data_conversion.converter import REPORT_NAME
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
-from qwenvl.flare.schema import IMAGE_TAG, images_of
+from qwenvl.flare.schema import (
+    EMPTY_ANSWER,
+    IMAGE_TAG,
+    SHAPE_PROBLEMS,
+    TAG_IN_ANSWER,
+    TAG_MISMATCH,
+    human_image_tags,
+    images_of,
+    record_problems,
+)
 from qwenvl.flare.tasks import TASKS
 
-# Check names used in the report's "errors" / "warnings" entries.
+# Check names used in the report's "errors" / "warnings" entries (and EMPTY_ANSWER, the schema's own kind).
 UNREADABLE_FILE = "unreadable_file"
-INVALID_RECORD = "invalid_record"
-TAG_MISMATCH = "image_tag_mismatch"
+INVALID_RECORD = "invalid_record"  # any shape problem of qwenvl.flare.schema.record_problems
+IMAGE_TAG_MISMATCH = "image_tag_mismatch"  # the schema's TAG_MISMATCH and TAG_IN_ANSWER
 RELATIVE_PATH = "relative_image_path"
 MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
-EMPTY_ANSWER = "empty_answer"
 DUPLICATE = "duplicate"
 BAD_BOX_ANSWER = "bad_box_answer"
 TRAIN_VAL_LEAK = "train_val_leak"  # a warning
@@ -99,27 +108,9 @@ class _Images:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _structure_problem(rec: Any) -> str | None:
-    """Why a record does not have the Qwen3-VL ``image`` + ``conversations`` structure, or ``None``."""
-    if not isinstance(rec, dict):
-        return f"record is a JSON {type(rec).__name__}, expected an object"
-    image = rec.get("image")
-    single = isinstance(image, str) and bool(image)
-    several = isinstance(image, list) and bool(image) and all(isinstance(p, str) and p for p in image)
-    if not (single or several):
-        return "'image' must be a non-empty path or a non-empty list of paths"
-    conv = rec.get("conversations")
-    if not isinstance(conv, list) or len(conv) < 2:
-        return "'conversations' must be a list of at least two turns"
-    for i, turn in enumerate(conv):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            return f"conversations[{i}] must be an object with a string 'value'"
-        expected = "human" if i % 2 == 0 else "gpt"
-        if turn.get("from") != expected:
-            return f"conversations[{i}].from is {turn.get('from')!r}, expected {expected!r} (turns alternate human/gpt)"
-    if len(conv) % 2:
-        return "the conversation must end with a gpt turn"
-    return None
+def _well_formed(rec: Any) -> bool:
+    """Whether a record has the ``image`` + ``conversations`` shape, so its images and turns can be read."""
+    return not any(kind in SHAPE_PROBLEMS for kind, _ in record_problems(rec, labelled=False))
 
 
 def _is_labelled(rec: dict) -> bool:
@@ -136,14 +127,18 @@ def _question(rec: dict) -> str:
 
 def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
     """(check, detail) problems of one record, duplicates aside."""
-    problem = _structure_problem(rec)
-    if problem:
-        return [(INVALID_RECORD, problem)]
+    problems = record_problems(rec, labelled=isinstance(rec, dict) and _is_labelled(rec))
+    if problems and problems[0][0] in SHAPE_PROBLEMS:  # a record that cannot be read counts once
+        return [(INVALID_RECORD, problems[0][1])]
     out: list[tuple[str, str]] = []
     paths = images_of(rec)
-    tags = sum(t["value"].count(IMAGE_TAG) for t in rec["conversations"] if t["from"] == "human")
-    if tags != len(paths):
-        out.append((TAG_MISMATCH, f"{tags} {IMAGE_TAG} tag(s) for {len(paths)} image(s)"))
+    for kind, detail in problems:
+        if kind == TAG_MISMATCH:  # the report's own, shorter wording
+            out.append(
+                (IMAGE_TAG_MISMATCH, f"{human_image_tags(rec)} {IMAGE_TAG} tag(s) for {len(paths)} image(s)")
+            )
+        elif kind == TAG_IN_ANSWER:
+            out.append((IMAGE_TAG_MISMATCH, detail))
     for path in paths:
         if not os.path.isabs(path):
             out.append(
@@ -154,8 +149,9 @@ def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
         if not info.ok:
             out.append((MISSING_IMAGE if info.problem == MISSING else CORRUPT_IMAGE, info.detail))
     if _is_labelled(rec):
-        if any(not t["value"].strip() for t in rec["conversations"][1::2]):
-            out.append((EMPTY_ANSWER, "empty answer in a labelled record (meta.has_answer is true)"))
+        empty = [detail for kind, detail in problems if kind == EMPTY_ANSWER]
+        if empty:
+            out.append((EMPTY_ANSWER, f"{empty[0]} (meta.has_answer is true)"))
         else:
             meta = rec.get("meta") or {}
             task = TASKS.get(meta.get("task_type"))
@@ -196,7 +192,7 @@ def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], 
     tasks: Counter = Counter()
     for index, rec in enumerate(data):
         errors += [Issue(path.name, index, check, detail) for check, detail in check_record(rec, images)]
-        if not isinstance(rec, dict) or _structure_problem(rec):
+        if not _well_formed(rec):
             continue
         paths = images_of(rec)
         stats.images += len(paths)
@@ -235,9 +231,7 @@ def find_leaks(train: list, val: list, images: _Images) -> tuple[int, list[str]]
 
 
 def _record_images(records: Iterable) -> list[str]:
-    out = dict.fromkeys(
-        p for r in records if isinstance(r, dict) and not _structure_problem(r) for p in images_of(r)
-    )
+    out = dict.fromkeys(p for r in records if _well_formed(r) for p in images_of(r))
     return list(out)
 
 

@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 
 from qwenvl.data.rope import mrope_position_ids
-from qwenvl.flare.schema import IMAGE_TAG
+from qwenvl.flare.schema import IMAGE_TAG, record_problems
 from qwenvl.model.loading import image_token_count
 
 IGNORE_INDEX = -100
-ROLES = {"human": "user", "gpt": "assistant"}
 ASSISTANT_HEADER = "<|im_start|>assistant\n"
 IM_END = "<|im_end|>"
 
@@ -51,46 +50,21 @@ def _user_content(text: str) -> list[dict[str, str]]:
     return content
 
 
-def _check_turns(conversations: Any) -> list[dict]:
-    if not isinstance(conversations, list) or not conversations:
-        raise ValueError("'conversations' must be a non-empty list of {'from', 'value'} turns")
-    for k, turn in enumerate(conversations):
-        if (
-            not isinstance(turn, dict)
-            or turn.get("from") not in ROLES
-            or not isinstance(turn.get("value"), str)
-        ):
-            raise ValueError(
-                f"conversation turn {k} must be {{'from': 'human' | 'gpt', 'value': <string>}}, got {turn!r}"
-            )
-        if turn["from"] == "gpt" and IMAGE_TAG in turn["value"]:
-            raise ValueError(
-                f"conversation turn {k} (gpt) contains an {IMAGE_TAG} tag; tags belong in human turns"
-            )
-    if not any(turn["from"] == "gpt" for turn in conversations):
-        raise ValueError("the conversation has no gpt turn: there is no answer to train on")
-    return conversations
-
-
 def record_to_messages(record: dict) -> list[dict]:
     """Chat messages (``role`` user/assistant, ``content`` a list of items) for a converted record.
 
     Each ``<image>`` tag of a human turn becomes a ``{"type": "image"}`` item at the tag's place; multi-turn
-    conversations keep their order. Raises ``ValueError`` naming the problem when the record is malformed, the
-    number of tags differs from the number of images, or there is no gpt turn.
+    conversations keep their order. Raises ``ValueError`` naming every problem
+    :func:`qwenvl.flare.schema.record_problems` finds (turns that do not alternate human/gpt from a question to
+    an answer, a number of tags that differs from the number of images, a tag in a gpt turn, ...). A record
+    without images is a text-only record; an empty answer is accepted (inference inputs carry one).
     """
-    if not isinstance(record, dict):
-        raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
-    turns = _check_turns(record.get("conversations"))
-    images = record_images(record)
-    n_tags = sum(turn["value"].count(IMAGE_TAG) for turn in turns if turn["from"] == "human")
-    if n_tags != len(images):
-        raise ValueError(
-            f"the human turns hold {n_tags} {IMAGE_TAG} tag(s) but the record lists {len(images)} image(s); "
-            f"write one {IMAGE_TAG} per image, in the order of 'image'"
-        )
+    problems = record_problems(record, labelled=False, images_required=False)
+    if problems:
+        details = "; ".join(detail for _kind, detail in problems)
+        raise ValueError(f"{details} (the record format: qwenvl/flare/schema.py)")
     messages = []
-    for turn in turns:
+    for turn in record["conversations"]:
         if turn["from"] == "human":
             messages.append({"role": "user", "content": _user_content(turn["value"])})
         else:

@@ -27,9 +27,15 @@ Qwen3-VL finetune code reads, plus a ``meta`` block that keeps each record's ori
 
 Image paths are absolute, so files work from any working directory; registry entries carry
 ``data_path: ""``. Answers are always strings: numbers are written as JSON, boxes as JSON lists.
+
+:func:`record_problems` is the one check of a record's structure: the validation of converted files
+(``data_conversion/validation.py``), the data check (``qwenvl/tools/data_check``) and the training code
+(``qwenvl/data/processing.py``) all use it, each adding the checks of its own (image files, box answers).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 IMAGE_TAG = "<image>"
 
@@ -67,3 +73,117 @@ def images_of(record: dict) -> list[str]:
     if img is None:
         return []
     return [img] if isinstance(img, str) else list(img)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The structure of a converted record: one validator for conversion, the data check and the training code
+# ----------------------------------------------------------------------------------------------------------
+
+# Kinds of structural problem of a converted record (what :func:`record_problems` reports). The first four are
+# shape problems: the record's images or turns cannot be read, so its content is not checked.
+NOT_AN_OBJECT = "not_an_object"  # the record is not a JSON object
+MISSING_KEYS = "missing_keys"  # 'image' (where images are required) or 'conversations' is absent
+BAD_IMAGE_FIELD = "bad_image_field"  # 'image' is neither a non-empty path nor a list of them
+BAD_CONVERSATIONS = "bad_conversations"  # not alternating human/gpt turns, from a question to an answer
+TAG_MISMATCH = "tag_mismatch"  # the human turns hold a different number of <image> tags than there are images
+TAG_IN_ANSWER = "tag_in_answer"  # a gpt turn holds an <image> tag
+EMPTY_ANSWER = "empty_answer"  # a labelled record has a gpt turn with an empty (or blank) value
+
+SHAPE_PROBLEMS = (NOT_AN_OBJECT, MISSING_KEYS, BAD_IMAGE_FIELD, BAD_CONVERSATIONS)
+
+_HUMAN, _GPT = "human", "gpt"
+_IMAGES_RULE = "'image' must be a non-empty path or a non-empty list of paths"
+_OPTIONAL_IMAGES_RULE = "'image' must be a non-empty path or a list of non-empty paths"
+_CONVERSATIONS_RULE = "'conversations' must be a list of at least two turns"
+_TURN_RULE = "{'from': 'human' | 'gpt', 'value': <text>}"
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _image_field_ok(image: Any, required: bool) -> bool:
+    if image is None:
+        return not required
+    paths = [image] if isinstance(image, str) else image
+    if not isinstance(paths, list) or (required and not paths):
+        return False
+    return all(isinstance(p, str) and p for p in paths)
+
+
+def _turns_problem(turns: Any) -> str | None:
+    """Why ``conversations`` is not alternating human/gpt turns from a human question to a gpt answer."""
+    if not isinstance(turns, list) or not turns:
+        return f"'conversations' must be a non-empty list of turns, got {_short(turns)}"
+    for k, turn in enumerate(turns):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("from") not in (_HUMAN, _GPT)
+            or not isinstance(turn.get("value"), str)
+        ):
+            return f"conversation turn {k} must be {_TURN_RULE}, got {_short(turn)}"
+        expected = _HUMAN if k % 2 == 0 else _GPT
+        if turn["from"] != expected:
+            return f"conversations[{k}].from is {turn['from']!r}, expected {expected!r} (turns alternate human/gpt)"
+    if len(turns) == 1:
+        return "the conversation has no gpt turn: there is no answer"
+    if len(turns) % 2:
+        return "the conversation must end with a gpt turn"
+    return None
+
+
+def human_image_tags(record: dict) -> int:
+    """How many ``<image>`` tags the human turns of a well-shaped record hold."""
+    return sum(t["value"].count(IMAGE_TAG) for t in record["conversations"] if t["from"] == _HUMAN)
+
+
+def record_problems(record: Any, *, labelled: bool, images_required: bool = True) -> list[tuple[str, str]]:
+    """Every structural problem of a converted record, as ``(kind, detail)`` pairs; empty when it is well formed.
+
+    The rules are those of the official Qwen3-VL finetune format (the module docstring): ``image`` is a non-empty
+    path or a non-empty list of paths; ``conversations`` is a list of ``{"from": "human" | "gpt", "value":
+    <text>}`` turns that alternate human, gpt, ..., starting with the human question and ending with the gpt
+    answer; the human turns hold one ``<image>`` tag per image and the gpt turns none.
+
+    Shape problems (kinds in :data:`SHAPE_PROBLEMS`) come first, at most one per field (``image``,
+    ``conversations``; a record that is not an object has only that one). The content checks (tags, answers)
+    run only on a record whose shape is right, so the list holds shape problems or content problems, never both.
+
+    ``labelled``: a gpt turn with an empty or blank value is a problem (:data:`EMPTY_ANSWER`); inference inputs
+    (``meta.has_answer`` false) carry ``""`` answers by design. ``images_required=False`` accepts a text-only
+    record (no ``image``, ``null`` or an empty list), as the training code does; converted FLARE25 records always
+    have images. Image files (existence, decoding, absolute paths) and the answers' content are the callers'
+    checks.
+    """
+    if not isinstance(record, dict):
+        return [(NOT_AN_OBJECT, f"record is a JSON {type(record).__name__}, expected an object")]
+    problems: list[tuple[str, str]] = []
+    rule = _IMAGES_RULE if images_required else _OPTIONAL_IMAGES_RULE
+    if images_required and "image" not in record:
+        problems.append((MISSING_KEYS, rule))
+    elif not _image_field_ok(record.get("image"), images_required):
+        problems.append((BAD_IMAGE_FIELD, rule))
+    if "conversations" not in record:
+        problems.append((MISSING_KEYS, _CONVERSATIONS_RULE))
+    else:
+        turns_problem = _turns_problem(record["conversations"])
+        if turns_problem:
+            problems.append((BAD_CONVERSATIONS, turns_problem))
+    if problems:
+        return problems
+    turns = record["conversations"]
+    n_tags, n_images = human_image_tags(record), len(images_of(record))
+    if n_tags != n_images:
+        problems.append(
+            (TAG_MISMATCH, f"{n_tags} {IMAGE_TAG} tag(s) in the human turn(s) but {n_images} image(s)")
+        )
+    tagged = [k for k, t in enumerate(turns) if t["from"] == _GPT and IMAGE_TAG in t["value"]]
+    if tagged:
+        problems.append(
+            (TAG_IN_ANSWER, f"gpt turn(s) {tagged} hold an {IMAGE_TAG} tag; tags belong in the human turns")
+        )
+    empty = [k for k, t in enumerate(turns) if t["from"] == _GPT and not t["value"].strip()]
+    if empty and labelled:
+        problems.append((EMPTY_ANSWER, f"gpt turn(s) {empty} of a labelled record hold an empty answer"))
+    return problems

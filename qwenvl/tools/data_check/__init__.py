@@ -3,8 +3,9 @@
 Three sections, each PASSED or FAILED, then the summary of the user's guide (``TEST SUMMARY``):
 
 1. **Annotation Tests** (:mod:`.annotations`) - for every selected registered dataset: the file exists, is a
-   JSON list of objects, each record has ``image`` and ``conversations`` (human and gpt turns, a non-empty
-   answer), and the number of ``<image>`` tags equals the number of images. Totals per dataset and overall.
+   JSON list of objects, each record has ``image`` and ``conversations`` (human and gpt turns alternating from
+   the question to a non-empty answer), and the number of ``<image>`` tags in the human turns equals the number
+   of images (:func:`qwenvl.flare.schema.record_problems`). Totals per dataset and overall.
 2. **Image Tests** (:mod:`.images`) - every referenced image is checked for existence; a seeded sample
    (``--num_images``, spread across the datasets; ``--all_images`` for all) is decoded with the training loader
    (``load_rgb``). Missing and corrupt images are listed with the dataset and record that uses them.
@@ -25,13 +26,16 @@ Datasets checked by default: every registered entry whose ``split`` is ``train``
 
 from __future__ import annotations
 
-from qwenvl.tools.data_check.annotations import (
+from qwenvl.flare.schema import (  # the kinds of record problem the Annotation Tests report
     BAD_CONVERSATIONS,
     BAD_IMAGE_FIELD,
     EMPTY_ANSWER,
     MISSING_KEYS,
     NOT_AN_OBJECT,
+    TAG_IN_ANSWER,
     TAG_MISMATCH,
+)
+from qwenvl.tools.data_check.annotations import (
     AnnotationResult,
     DatasetAnnotations,
     RecordIssue,
@@ -61,6 +65,7 @@ __all__ = [
     "EMPTY_ANSWER",
     "MISSING_KEYS",
     "NOT_AN_OBJECT",
+    "TAG_IN_ANSWER",
     "TAG_MISMATCH",
     "AnnotationResult",
     "DataCheckConfig",

@@ -1,6 +1,7 @@
 """Annotation Tests: for every selected registered dataset, the file exists, is a JSON list of objects, and each
-record has the converted-record structure (``image``, ``conversations`` with human and gpt turns, a non-empty
-answer, as many ``<image>`` tags as images).
+record has the converted-record structure of :func:`qwenvl.flare.schema.record_problems` (``image``, then
+``conversations`` alternating human and gpt turns from a question to a non-empty answer, as many ``<image>`` tags
+in the human turns as images, none in the answers).
 
 Datasets checked by default: every registered entry whose ``split`` is ``train`` (a converted
 ``<dataset>_train.json``), plus entries registered through ``$QWENVL_EXTRA_DATASETS`` (no split) that are
@@ -17,25 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.flare.paths import default_converted_dir
-from qwenvl.flare.schema import IMAGE_TAG
+from qwenvl.flare.schema import (
+    BAD_CONVERSATIONS,
+    BAD_IMAGE_FIELD,
+    EMPTY_ANSWER,
+    MISSING_KEYS,
+    NOT_AN_OBJECT,
+    SHAPE_PROBLEMS,
+    TAG_IN_ANSWER,
+    TAG_MISMATCH,
+    images_of,
+    record_problems,
+)
 from qwenvl.tools.data_check.config import CONVERT_COMMAND, DataCheckConfig
 
-# Annotation issue kinds.
-NOT_AN_OBJECT = "not_an_object"
-MISSING_KEYS = "missing_keys"
-BAD_IMAGE_FIELD = "bad_image_field"
-BAD_CONVERSATIONS = "bad_conversations"
-TAG_MISMATCH = "tag_mismatch"
-EMPTY_ANSWER = "empty_answer"
-PARSER_REJECTS = "training_parser_rejects"
+# How to fix each kind of record problem (the kinds of qwenvl.flare.schema.record_problems).
 ISSUE_FIXES = {
-    NOT_AN_OBJECT: "each record must be a JSON object (data_conversion/schema.py); re-run the converter",
-    MISSING_KEYS: "each record needs 'image' and 'conversations' (data_conversion/schema.py)",
+    NOT_AN_OBJECT: "each record must be a JSON object (qwenvl/flare/schema.py); re-run the converter",
+    MISSING_KEYS: "each record needs 'image' and 'conversations' (qwenvl/flare/schema.py)",
     BAD_IMAGE_FIELD: "'image' must be a path or a list of paths",
-    BAD_CONVERSATIONS: "'conversations' must list {'from': 'human' | 'gpt', 'value': text} turns, with a human and a gpt turn",
+    BAD_CONVERSATIONS: "'conversations' must list {'from': 'human' | 'gpt', 'value': text} turns alternating "
+    "human, gpt, from the question to the answer",
     TAG_MISMATCH: "write one '<image>' in the human turn per image, in the order of 'image'; re-run the converter",
+    TAG_IN_ANSWER: "'<image>' tags belong in the human turns; re-run the converter",
     EMPTY_ANSWER: "a training record needs its answer; inference inputs (val_hidden / test) are not training data",
-    PARSER_REJECTS: "the training code (qwenvl/data/processing.py) cannot read this record",
 }
 
 
@@ -131,52 +137,14 @@ def resolve_check_datasets(
     return chosen, errors
 
 
-def _conversation_problem(conv: Any) -> str | None:
-    if not isinstance(conv, list) or not conv:
-        return "'conversations' is not a non-empty list"
-    for k, turn in enumerate(conv):
-        if (
-            not isinstance(turn, dict)
-            or turn.get("from") not in ("human", "gpt")
-            or not isinstance(turn.get("value"), str)
-        ):
-            return f"turn {k} is not {{'from': 'human' | 'gpt', 'value': <text>}}: {str(turn)[:80]}"
-    roles = {turn["from"] for turn in conv}
-    if roles != {"human", "gpt"}:
-        return f"no {'gpt' if 'gpt' not in roles else 'human'} turn"
-    return None
-
-
 def check_annotation_record(rec: Any) -> list[tuple[str, str]]:
-    """``(kind, detail)`` problems of one converted record; empty when it is fit for training."""
-    if not isinstance(rec, dict):
-        return [(NOT_AN_OBJECT, f"a {type(rec).__name__}, not a JSON object")]
-    missing = [k for k in ("image", "conversations") if k not in rec]
-    if missing:
-        return [(MISSING_KEYS, f"missing key(s) {', '.join(repr(k) for k in missing)}")]
-    img = rec["image"]
-    images = [img] if isinstance(img, str) else img
-    if not isinstance(images, list) or not images or not all(isinstance(p, str) and p for p in images):
-        return [(BAD_IMAGE_FIELD, f"'image' is {str(img)[:80]!r}")]
-    problem = _conversation_problem(rec["conversations"])
-    if problem:
-        return [(BAD_CONVERSATIONS, problem)]
-    out = []
-    n_tags = sum(t["value"].count(IMAGE_TAG) for t in rec["conversations"] if t["from"] == "human")
-    if n_tags != len(images):
-        out.append(
-            (TAG_MISMATCH, f"{n_tags} {IMAGE_TAG} tag(s) in the human turn(s) but {len(images)} image(s)")
-        )
-    if any(t["from"] == "gpt" and not t["value"].strip() for t in rec["conversations"]):
-        out.append((EMPTY_ANSWER, "a gpt turn has an empty answer"))
-    if not out:
-        from qwenvl.data.processing import record_to_messages
-
-        try:
-            record_to_messages(rec)
-        except ValueError as e:
-            out.append((PARSER_REJECTS, str(e)))
-    return out
+    """``(kind, detail)`` problems of one record of a training file (the kinds and rules of
+    :func:`qwenvl.flare.schema.record_problems`, with images required and the record labelled); empty when it is
+    fit for training. A record whose shape is wrong is reported once, by its first shape problem."""
+    problems = record_problems(rec, labelled=True)
+    if problems and problems[0][0] in SHAPE_PROBLEMS:
+        return problems[:1]
+    return problems
 
 
 def check_annotation_file(name: str, entry: dict) -> DatasetAnnotations:
@@ -209,7 +177,7 @@ def check_annotation_file(name: str, entry: dict) -> DatasetAnnotations:
         result.issues += [RecordIssue(i, kind, detail) for kind, detail in problems]
         if problems and problems[0][0] in (NOT_AN_OBJECT, MISSING_KEYS, BAD_IMAGE_FIELD):
             continue
-        images = [rec["image"]] if isinstance(rec["image"], str) else rec["image"]
+        images = images_of(rec)
         result.image_refs += len(images)
         for p in images:
             result.images.setdefault(resolve_image_path(p, source), i)
