@@ -21,10 +21,9 @@ from typing import Any
 
 from qwenvl.flare.answers import AnswerError, clip_text
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
-from qwenvl.flare.raw import is_empty_answer
+from qwenvl.flare.raw import REQUIRED_RAW_FIELDS, is_empty_answer
 from qwenvl.flare.schema import (
     IMAGE_TAG,
-    REQUIRED_RAW_FIELDS,
     SKIP_CORRUPT_IMAGE,
     SKIP_DUPLICATE,
     SKIP_EMPTY_ANSWER,

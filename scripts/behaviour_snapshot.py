@@ -97,7 +97,7 @@ def snapshot(work: Path) -> dict:
     _run(py + ["scripts/make_demo_model.py", "--output_dir", str(model)])
     run_dir = work / "run"
     _run(
-        ["bash", "scripts/sft_qwen3_4b_flare.sh", "--save_strategy", "no"],
+        ["bash", "scripts/sft_qwen3_4b_flare.sh", "--save_steps", "1000"],
         env={"FLARE25_CONVERTED_DIR": str(conv), "MODEL_PATH": str(model), "OUTPUT_DIR": str(run_dir),
              "MAX_STEPS": "6", "GRAD_ACCUM": "2", "LR": "2e-3", "DEEPSPEED": "none", "REPORT_TO": "none",
              "NPROC_PER_NODE": "1", "DATALOADER_WORKERS": "0", "GRADIENT_CHECKPOINTING": "False",

@@ -19,13 +19,13 @@ from typing import Any
 
 from qwenvl.flare import metrics as M
 from qwenvl.flare.raw import (
+    REQUIRED_RAW_FIELDS,
     SPLIT_FOLDERS,
     QuestionFileError,
     is_empty_answer,
     read_question_file,
     record_key,
 )
-from qwenvl.flare.schema import REQUIRED_RAW_FIELDS
 from qwenvl.flare.tasks import TASK_TYPES, TASKS, normalize_task_type
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# Re-exported while the demo-tree split is in flight; importers move to qwenvl.flare.raw.
-from qwenvl.flare.raw import IMAGE_FOLDERS, MODALITIES, QUESTION_FILE_SUFFIX, SPLIT_FOLDERS  # noqa: F401
 from qwenvl.flare.tasks import (
     CLASSIFICATION,
     COUNTING,

@@ -46,6 +46,8 @@ MODALITIES = (
     "Dermatology",
     "Mammography",
 )
+# The fields every raw question record has (``Answer`` is empty in hidden-validation and test inputs).
+REQUIRED_RAW_FIELDS = ("TaskType", "ImageName", "Question", "Answer")
 # Why a question file could not be used (file-level entries of conversion_report.json).
 FILE_MISSING_QUESTIONS = "missing_question_file"
 FILE_AMBIGUOUS_QUESTIONS = "ambiguous_question_file"

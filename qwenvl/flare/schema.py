@@ -64,8 +64,6 @@ SKIP_REASONS = (
     SKIP_UNREADABLE_FILE,
 )
 
-REQUIRED_RAW_FIELDS = ("TaskType", "ImageName", "Question", "Answer")
-
 
 def images_of(record: dict) -> list[str]:
     """The image paths of a converted record as a list (``image`` may be a string or a list)."""
