@@ -1,4 +1,4 @@
-"""Pixel <-> Qwen3-VL 0-1000 grid boxes (data_conversion/boxes.py)."""
+"""Pixel <-> Qwen3-VL 0-1000 grid boxes (qwenvl/flare/boxes.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A miniature FLARE25 2D tree with synthetic images, faithful to the real layout (the demo, tests, benchmarks).
 
-The tree follows ``FLARE25_FORMAT.md``: ``<root>/<split folder>/<Modality>/<dataset>/`` for all 19 datasets and
+The tree follows ``docs/data_format.md``: ``<root>/<split folder>/<Modality>/<dataset>/`` for all 19 datasets and
 the four split folders, images under ``imagesTr`` / ``imagesVal`` / ``imagesTs``, and one question file per
 folder holding exactly ``samples_per_split`` records. Every quirk a converter must cope with is present: mixed
 ``TaskType`` casing, free-text ``Modality``, three option styles, every answer encoding (letters, label names

@@ -1,6 +1,6 @@
 """Where the demo tree puts things: its defaults, folder and question-file names, and the question-file writer.
 
-The layout is the real one (``FLARE25_FORMAT.md``): ``<root>/<split folder>/<Modality>/<dataset>/`` holding
+The layout is the real one (``docs/data_format.md``): ``<root>/<split folder>/<Modality>/<dataset>/`` holding
 one question file and one image folder, including the organisers' two naming quirks, the
 ``IU_XRay_all_train.json`` training file and chestdr's extra ``chestdr_questions_val_withGT.json``.
 """

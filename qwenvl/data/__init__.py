@@ -209,7 +209,7 @@ def load_annotations(spec: DatasetSpec, seed: int) -> list[dict]:
     if bad:
         raise ValueError(
             f"{path}: records {bad[:10]} are not JSON objects; each record must be "
-            '{"image": ..., "conversations": [...]} (see data_conversion/schema.py)'
+            '{"image": ..., "conversations": [...]} (see qwenvl/flare/schema.py)'
         )
     out = []
     for i in sample_indices(len(records), spec.rate, seed, spec.name):

@@ -2,7 +2,7 @@
 
     <root>/<split folder>/<Modality>/<dataset>/<dataset>_questions_<suffix>.json   + images/ folders
 
-(``FLARE25_FORMAT.md`` of the challenge describes it; ``data_conversion/demo_tree`` writes a miniature one.)
+(``docs/data_format.md`` describes it; ``data_conversion/demo_tree`` writes a miniature one.)
 The converter, the scorer and the evaluator read question files through :func:`read_question_file` and find
 them through the functions here, so a file that one of them accepts, all of them accept.
 """

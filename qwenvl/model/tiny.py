@@ -93,7 +93,7 @@ ADDITIONAL_SPECIAL_TOKENS: tuple[str, ...] = tuple(
     t.content for t in QWEN_ADDED_TOKENS if t.special and t.content != "<|endoftext|>"
 )
 
-# Tiny architecture (DESIGN.md: "A tiny random config that works on transformers 4.57 and 5.x").
+# Tiny architecture: a random config that works on transformers 4.57 and 5.x.
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "vocab_size": QWEN_MODEL_VOCAB_SIZE,
     "hidden_size": 64,
