@@ -87,9 +87,9 @@ def test_full_train_modules_follow_the_tune_flags(tiny_model) -> None:
 
 def test_lora_argument_checks(tmp_path: Path) -> None:
     base = ["--output_dir", str(tmp_path), "--dataset_use", "x"]
-    *_, args = parse_arguments(
+    args = parse_arguments(
         base + ["--lora_enable", "True", "--lora_vision", "True", "--tune_mm_llm", "False"]
-    )
+    ).lora
     assert args.lora_r == 64 and args.lora_alpha == 128 and args.lora_dropout == 0.05
     with pytest.raises(ArgumentError) as e:
         parse_arguments(

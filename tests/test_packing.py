@@ -109,8 +109,8 @@ def test_epoch_callback_counts_epochs_like_the_trainer() -> None:
 
 def test_packing_arguments(tmp_path: Path) -> None:
     base = ["--output_dir", str(tmp_path), "--dataset_use", "x", "--model_max_length", "2048"]
-    _, data_args, _ = parse_arguments(base + ["--data_packing", "True"])
-    assert data_args.packing and data_args.packing_max_tokens is None
+    packing = parse_arguments(base + ["--data_packing", "True"]).packing
+    assert packing.enabled and packing.packing_max_tokens is None
     with pytest.raises(ArgumentError) as e:
         parse_arguments(base + ["--packing_max_tokens", "1024"])
     msg = str(e.value)

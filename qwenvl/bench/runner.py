@@ -1,8 +1,10 @@
 """Run named training configurations on the same registered data and measure them.
 
-Every configuration runs through the real training path: a fresh model from the same loader, the tune flags
-of the guide (LLM + mergers trained, vision tower frozen), :class:`~qwenvl.train.trainer.QwenVLTrainer` with
-its collators, packing sampler and LoRA wrapping. ``warmup`` optimizer steps are run untimed, then ``steps``
+Every configuration runs through the training recipe's own steps (:mod:`qwenvl.train.recipe`): the processor
+and data loading, :func:`~qwenvl.train.recipe.prepare_model_for_training` on a fresh model with the tune flags
+of the guide (LLM + mergers trained, vision tower frozen) or LoRA, the collator and the supervised trainer
+(:class:`~qwenvl.train.trainer.QwenVLTrainer` with its packing sampler). Only the model's source is the
+benchmark's own: a checkpoint, or random weights of an architecture (``random_init``). ``warmup`` optimizer steps are run untimed, then ``steps``
 optimizer steps are timed one by one; samples/s and tokens/s are the medians over those steps (a shared
 machine's bursts of load then move them little), ``samples_per_s_overall`` the plain total. The trainer's batch
 statistics give the samples, real tokens and processed positions (padding included) of the timed steps.
@@ -32,6 +34,7 @@ import torch
 from transformers import TrainerCallback
 
 from qwenvl.bench.configs import BenchConfig, format_duration, projections
+from qwenvl.flare import defaults
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,9 @@ class BenchOptions:
     datasets: str = STARTER_DATASETS
     steps: int = 5
     warmup: int = 1
-    model_max_length: int = 4096
-    min_pixels: int = 784
-    max_pixels: int = 50176
+    model_max_length: int = defaults.MODEL_MAX_LENGTH
+    min_pixels: int = defaults.MIN_PIXELS
+    max_pixels: int = defaults.MAX_PIXELS
     gradient_checkpointing: bool = True
     attn_implementation: str = "sdpa"
     dataloader_workers: int = 0
@@ -139,33 +142,31 @@ def _synchronizer(device: str) -> Callable[[], None]:
 def load_processor_for(options: BenchOptions, workdir: Path) -> Any:
     """The processor of ``model_path``, or for ``random_init`` the one of ``processor_path`` (default: a tiny
     model built into ``workdir``: same tokenizer, chat template and image processor as the real model)."""
-    from qwenvl.model import build_tiny_model, load_processor
+    from qwenvl.model import build_tiny_model
+    from qwenvl.train.recipe import load_training_processor
 
     path = options.model_path or options.processor_path
     if path is None:
         path = build_tiny_model(workdir / "processor_source", seed=0)
-    return load_processor(path, min_pixels=options.min_pixels, max_pixels=options.max_pixels)
+    return load_training_processor(path, options.min_pixels, options.max_pixels)
 
 
 def build_model(options: BenchOptions) -> torch.nn.Module:
-    """A fresh model: the folder's weights, or random weights of the ``random_init`` architecture."""
+    """A fresh model, not yet prepared for training: the folder's weights, or random weights of the
+    ``random_init`` architecture. The benchmark's own precision for every configuration: bf16 weights on a
+    GPU, fp32 on a CPU."""
     from qwenvl.model import build_random_model, load_model
 
     on_gpu = options.device.startswith("cuda")
     dtype = torch.bfloat16 if on_gpu else torch.float32
     if options.random_init:
-        model = build_random_model(
+        return build_random_model(
             options.random_init,
             dtype=dtype,
             device=options.device,
             attn_implementation=options.attn_implementation,
         )
-    else:
-        model = load_model(options.model_path, dtype=dtype, attn_implementation=options.attn_implementation)
-    model.config.use_cache = False
-    if hasattr(model.config, "text_config"):
-        model.config.text_config.use_cache = False
-    return model
+    return load_model(options.model_path, dtype=dtype, attn_implementation=options.attn_implementation)
 
 
 # ------------------------------------------------------------------------------------------ one config
@@ -192,7 +193,6 @@ def _training_args(options: BenchOptions, config: BenchConfig, output_dir: Path)
         dataloader_pin_memory=on_gpu,
         seed=options.seed,
         data_seed=options.seed,
-        model_max_length=options.model_max_length,
         use_cpu=not on_gpu,
     )
 
@@ -218,10 +218,8 @@ def run_config(
     """Train ``config`` for ``warmup + steps`` optimizer steps on ``dataset`` and return its measurements."""
     import transformers
 
-    from qwenvl.data.collator import PackedCollator, PaddedCollator
-    from qwenvl.train.lora import LoraSettings, apply_lora
-    from qwenvl.train.params import apply_freeze
-    from qwenvl.train.trainer import QwenVLTrainer
+    from qwenvl.train.lora import LoraSettings
+    from qwenvl.train.recipe import build_collator, build_sft_trainer, prepare_model_for_training
 
     on_gpu = options.device.startswith("cuda")
     transformers.set_seed(options.seed)
@@ -229,21 +227,22 @@ def run_config(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     with _RssSampler() as rss:
-        model = build_model(options)
-        apply_freeze(model, tune_vision=False, tune_merger=True, tune_llm=not config.lora)
-        if options.gradient_checkpointing and config.lora:
-            model.enable_input_require_grads()
-        if config.lora:
-            settings = LoraSettings(r=options.lora_r, alpha=options.lora_alpha, dropout=0.05)
-            model = apply_lora(model, settings, tune_vision=False, tune_merger=True)
+        model = prepare_model_for_training(
+            build_model(options),
+            tune_vision=False,
+            tune_merger=True,
+            tune_llm=not config.lora,
+            lora=LoraSettings(r=options.lora_r, alpha=options.lora_alpha) if config.lora else None,
+            gradient_checkpointing=options.gradient_checkpointing,
+        )
         args = _training_args(options, config, workdir / config.name.replace("+", "_"))
-        collator = (PackedCollator if config.packing else PaddedCollator)(processor.tokenizer.pad_token_id)
-        trainer = QwenVLTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=collator,
-            processing_class=processor,
+        collator = build_collator(processor.tokenizer.pad_token_id, packing=config.packing)
+        trainer = build_sft_trainer(
+            model,
+            args,
+            processor,
+            dataset,
+            collator,
             packing_max_tokens=config.packing_max_tokens if config.packing else None,
         )
         timer = _StepTimer(trainer, options.warmup, options.steps, _synchronizer(options.device))
@@ -283,10 +282,10 @@ def run_config(
 # ------------------------------------------------------------------------------------- data pipeline
 def measure_pipeline(dataset: Any, pad_token_id: int, samples: int) -> dict:
     """Samples/s of one data worker: load images, encode, collate (padded batches of 1), in this process."""
-    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.train.recipe import build_collator
 
     n = min(samples, len(dataset))
-    collate = PaddedCollator(pad_token_id)
+    collate = build_collator(pad_token_id, packing=False)
     dataset[0]  # warm caches (tokenizer, processor)
     start = time.perf_counter()
     for i in range(n):
@@ -310,13 +309,13 @@ def device_description(device: str) -> str:
 
 def run_benchmark(options: BenchOptions, configs: list[BenchConfig], workdir: Path | None = None) -> dict:
     """Measure every configuration on the same data; the results dict that ``benchmark.py`` writes."""
-    from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.train.recipe import load_training_datasets
 
     with tempfile.TemporaryDirectory(prefix="qwenvl_bench_") as tmp:
         workdir = Path(workdir or tmp)
         processor = load_processor_for(options, workdir)
-        dataset = build_supervised_dataset(
-            options.datasets, processor, options.model_max_length, seed=options.seed, require_labels=True
+        dataset, _ = load_training_datasets(
+            processor, options.datasets, options.model_max_length, options.seed
         )
         if len(dataset) == 0:
             raise ValueError(f"no sample of {options.datasets} passed the checks; see the report above")

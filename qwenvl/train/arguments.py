@@ -1,23 +1,45 @@
-"""Arguments of ``train_qwen.py``: three dataclasses parsed by ``HfArgumentParser``.
+"""Arguments of ``train_qwen.py``: one small dataclass per concern, parsed together by ``HfArgumentParser``.
 
-Every ``transformers.TrainingArguments`` flag works as usual (``--deepspeed``, ``--bf16``, ``--save_steps``,
-``--report_to``...). ``check_arguments`` reports every invalid combination at once, with its fix, before the
-model is loaded.
+- ``ModelArguments``: which checkpoint, what trains (``--tune_mm_*``), the attention implementation;
+- ``DataArguments``: training and eval sets, image pixel limits, the longest sample;
+- ``PackingArguments``: padding-free packing (``--data_flatten``, ``--packing_max_tokens``);
+- ``LoraArguments``: LoRA adapters (``--lora_*``);
+- ``GenerationEvalArguments``: generation metrics during training (``--generation_eval_*``);
+- ``TrainingArguments``: the HF Trainer's own flags (``--deepspeed``, ``--bf16``, ``--save_steps``...), plus
+  the per-group learning rates and ``--warmup_ratio``.
+
+Every flag keeps one name across the groups, so a command line reads as one flat list. ``SFTArguments`` holds
+one instance of each group for a supervised run; ``parse_arguments`` builds it and ``check_arguments`` reports
+every invalid combination at once, with its fix, before anything is loaded. Another training mode declares its
+own bundle (a :class:`RecipeArguments` subclass with its own ``training`` dataclass) and parses it with
+:func:`parse_groups`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import sys
+import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import transformers
+
+from qwenvl.flare import defaults
+from qwenvl.train.lora import DEFAULT_TARGETS, LoraSettings
+
+VISUAL_TOKEN_PIXELS = 32 * 32  # one LLM visual token: a 32x32 pixel block (patch 16, spatial merge 2)
 
 
 @dataclass
 class ModelArguments:
+    """The checkpoint to start from and which of its parts train."""
+
     model_name_or_path: str = field(
-        default="Qwen/Qwen3-VL-4B-Instruct",
+        default=defaults.MODEL,
         metadata={
             "help": "Hub id or local folder of a Qwen3-VL checkpoint (a previous run's checkpoint works too). The "
             "model class is chosen from its config.model_type."
@@ -40,6 +62,8 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    """What the model trains and is evaluated on, and how big one sample may get."""
+
     dataset_use: str = field(
         default="",
         metadata={
@@ -54,9 +78,28 @@ class DataArguments:
         },
     )
     max_pixels: int = field(
-        default=50176, metadata={"help": "Most pixels per image after resizing (50176 = 49 visual tokens)."}
+        default=defaults.MAX_PIXELS,
+        metadata={
+            "help": f"Most pixels per image after resizing ({defaults.MAX_PIXELS} = "
+            f"{defaults.MAX_PIXELS // VISUAL_TOKEN_PIXELS} visual tokens)."
+        },
     )
-    min_pixels: int = field(default=784, metadata={"help": "Fewest pixels per image after resizing."})
+    min_pixels: int = field(
+        default=defaults.MIN_PIXELS, metadata={"help": "Fewest pixels per image after resizing."}
+    )
+    model_max_length: int = field(
+        default=defaults.MODEL_MAX_LENGTH,
+        metadata={
+            "help": "Longest sample in tokens (image tokens included). Longer samples are dropped before "
+            "training and reported, never truncated."
+        },
+    )
+
+
+@dataclass
+class PackingArguments:
+    """Padding-free packing of whole samples into one row per micro-batch."""
+
     data_flatten: bool = field(
         default=False,
         metadata={
@@ -70,6 +113,49 @@ class DataArguments:
         default=None,
         metadata={"help": "Token budget of one pack with --data_flatten (default: --model_max_length)."},
     )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether training batches are packed (``--data_flatten`` or ``--data_packing``)."""
+        return self.data_flatten or self.data_packing
+
+    def budget(self, model_max_length: int) -> int | None:
+        """Tokens of one pack when packing is on (``--packing_max_tokens``, else ``--model_max_length``);
+        ``None`` when batches are padded."""
+        return (self.packing_max_tokens or model_max_length) if self.enabled else None
+
+
+@dataclass
+class LoraArguments:
+    """LoRA adapters instead of a full finetune of the language model (see :mod:`qwenvl.train.lora`)."""
+
+    lora_enable: bool = field(
+        default=False,
+        metadata={
+            "help": "Train LoRA adapters instead of the full LLM (base weights frozen; fits a 24 GB GPU "
+            "without DeepSpeed). The tune flags still decide what else trains fully, e.g. the mergers with "
+            "--tune_mm_mlp True. Checkpoints hold the adapter; scripts/merge_lora.py makes a full model."
+        },
+    )
+    lora_r: int = field(default=LoraSettings.r, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(
+        default=LoraSettings.alpha, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."}
+    )
+    lora_dropout: float = field(default=LoraSettings.dropout, metadata={"help": "Dropout on the LoRA input."})
+    lora_target_modules: str = field(
+        default=",".join(DEFAULT_TARGETS),
+        metadata={"help": "Comma-separated names of the language model's linear layers that get adapters."},
+    )
+    lora_vision: bool = field(
+        default=False,
+        metadata={"help": "Also put adapters on every linear layer of the vision blocks."},
+    )
+
+
+@dataclass
+class GenerationEvalArguments:
+    """Greedy generation on a small fixed validation subset during training, scored with the FLARE metrics."""
+
     generation_eval_steps: int = field(
         default=0,
         metadata={
@@ -81,21 +167,12 @@ class DataArguments:
         default=4, metadata={"help": "Records per validation dataset for --generation_eval_steps."}
     )
 
-    @property
-    def packing(self) -> bool:
-        """Whether training batches are packed (``--data_flatten`` or ``--data_packing``)."""
-        return self.data_flatten or self.data_packing
-
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
-    model_max_length: int = field(
-        default=4096,
-        metadata={
-            "help": "Longest sample in tokens (image tokens included). Longer samples are dropped before "
-            "training and reported, never truncated."
-        },
-    )
+    """The HF Trainer's flags, plus the per-group learning rates of
+    :class:`~qwenvl.train.trainer.QwenVLTrainer` and the guide's ``--warmup_ratio``."""
+
     mm_projector_lr: float | None = field(
         default=None, metadata={"help": "Learning rate of the mergers (default: --learning_rate)."}
     )
@@ -104,25 +181,6 @@ class TrainingArguments(transformers.TrainingArguments):
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: the collator builds exactly the model's inputs."}
-    )
-    lora_enable: bool = field(
-        default=False,
-        metadata={
-            "help": "Train LoRA adapters instead of the full LLM (base weights frozen; fits a 24 GB GPU "
-            "without DeepSpeed). The tune flags still decide what else trains fully, e.g. the mergers with "
-            "--tune_mm_mlp True. Checkpoints hold the adapter; scripts/merge_lora.py makes a full model."
-        },
-    )
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=128, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA input."})
-    lora_target_modules: str = field(
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-        metadata={"help": "Comma-separated names of the language model's linear layers that get adapters."},
-    )
-    lora_vision: bool = field(
-        default=False,
-        metadata={"help": "Also put adapters on every linear layer of the vision blocks."},
     )
     warmup_ratio: float = field(
         default=0.0,
@@ -142,98 +200,153 @@ class TrainingArguments(transformers.TrainingArguments):
         super().__post_init__()
 
 
+# ------------------------------------------------------------------------------------------- bundles
+@dataclass
+class RecipeArguments:
+    """The argument groups every training mode shares (see :class:`qwenvl.train.recipe.TrainingRecipe`).
+
+    ``training`` is the mode's Trainer arguments: any ``transformers.TrainingArguments`` subclass (TRL's
+    trainer configs are such subclasses). A mode adds its own groups as further fields of a subclass."""
+
+    model: ModelArguments
+    data: DataArguments
+    lora: LoraArguments
+    generation_eval: GenerationEvalArguments
+    training: transformers.TrainingArguments
+
+    @classmethod
+    def groups(cls) -> dict[str, type]:
+        """``{field name: dataclass}`` of the bundle, in field order (what ``HfArgumentParser`` parses)."""
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    def as_record(self) -> dict[str, dict[str, Any]]:
+        """The resolved arguments, one dict per group (``run.json``'s ``args``, ``run_info.json``'s
+        ``arguments``); the Trainer's group comes last."""
+        record = {
+            f.name: dataclasses.asdict(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != "training"
+        }
+        record["training"] = self.training.to_dict()
+        return record
+
+
+@dataclass
+class SFTArguments(RecipeArguments):
+    """Every argument of a supervised finetune (``train_qwen.py``)."""
+
+    training: TrainingArguments
+    packing: PackingArguments
+
+
+# ---------------------------------------------------------------------------------------------- checks
 class ArgumentError(ValueError):
     """Several invalid settings, each with its fix."""
 
 
-def check_arguments(
-    model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments
-) -> list[str]:
-    """Return every problem with the combination of arguments (empty list: all good)."""
+def recipe_problems(args: RecipeArguments) -> list[str]:
+    """Problems with the groups every training mode shares (empty list: all good)."""
+    model, data, lora, training = args.model, args.data, args.lora, args.training
     problems: list[str] = []
-    if not data_args.dataset_use:
+    if not data.dataset_use:
         problems.append("--dataset_use is empty: name the training sets, e.g. --dataset_use flare_retino%100")
-    lora_vision = args.lora_enable and args.lora_vision
-    if not (model_args.tune_mm_vision or model_args.tune_mm_mlp or model_args.tune_mm_llm or lora_vision):
+    lora_vision = lora.lora_enable and lora.lora_vision
+    if not (model.tune_mm_vision or model.tune_mm_mlp or model.tune_mm_llm or lora_vision):
         problems.append(
             "nothing to train: --tune_mm_vision, --tune_mm_mlp and --tune_mm_llm are all False; set one to True"
         )
-    problems.extend(_lora_problems(model_args, args))
-    packing_budget = data_args.packing_max_tokens
-    if packing_budget is not None and packing_budget < args.model_max_length:
-        problems.append(
-            f"--packing_max_tokens {packing_budget} is below --model_max_length {args.model_max_length}: a "
-            "sample that long would fit no pack; raise --packing_max_tokens or lower --model_max_length"
-        )
-    if packing_budget is not None and not data_args.packing:
-        problems.append(
-            "--packing_max_tokens is set but packing is off: add --data_flatten True or drop the budget"
-        )
-    if args.vision_tower_lr is not None and not model_args.tune_mm_vision:
-        problems.append(
-            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
-        )
-    if args.mm_projector_lr is not None and not model_args.tune_mm_mlp:
-        problems.append(
-            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
-        )
-    if data_args.min_pixels > data_args.max_pixels:
-        problems.append(
-            f"--min_pixels {data_args.min_pixels} is larger than --max_pixels {data_args.max_pixels}; "
-            "swap them or lower --min_pixels"
-        )
-    if data_args.max_pixels < 32 * 32:
-        problems.append(
-            f"--max_pixels {data_args.max_pixels} is below one visual token (32x32 = 1024 pixels); use >= 1024"
-        )
-    if data_args.generation_eval_steps < 0 or data_args.generation_eval_samples < 1:
+    problems.extend(_lora_problems(model, lora))
+    problems.extend(_data_problems(data))
+    gen = args.generation_eval
+    if gen.generation_eval_steps < 0 or gen.generation_eval_samples < 1:
         problems.append("--generation_eval_steps must be >= 0 and --generation_eval_samples >= 1")
-    if args.model_max_length < 64:
-        problems.append(f"--model_max_length {args.model_max_length} is too short for any sample; use >= 64")
-    eval_on = str(getattr(args.eval_strategy, "value", args.eval_strategy)) != "no"
-    if eval_on and not data_args.eval_dataset_use:
+    eval_on = str(getattr(training.eval_strategy, "value", training.eval_strategy)) != "no"
+    if eval_on and not data.eval_dataset_use:
         problems.append(
-            f"--eval_strategy {args.eval_strategy} needs labelled validation data: add --eval_dataset_use "
+            f"--eval_strategy {training.eval_strategy} needs labelled validation data: add --eval_dataset_use "
             "flare_<name>_val,... (converted from validation-public), or --eval_strategy no"
         )
-    if data_args.eval_dataset_use and not eval_on:
+    if data.eval_dataset_use and not eval_on:
         problems.append(
             "--eval_dataset_use is set but --eval_strategy is 'no', so it would never be used: add "
             "--eval_strategy steps --eval_steps N"
         )
-    if args.bf16 and args.fp16:
+    if training.bf16 and training.fp16:
         problems.append("--bf16 and --fp16 are both set: choose one (bf16 on Ampere or newer GPUs)")
-    if args.resume_from_checkpoint not in (None, "auto") and not Path(args.resume_from_checkpoint).is_dir():
+    resume = training.resume_from_checkpoint
+    if resume not in (None, "auto") and not Path(resume).is_dir():
         problems.append(
-            f"--resume_from_checkpoint {args.resume_from_checkpoint}: no such checkpoint folder; give a "
+            f"--resume_from_checkpoint {resume}: no such checkpoint folder; give a "
             "checkpoint-N folder or 'auto' (the latest in --output_dir)"
         )
-    local = Path(os.path.expanduser(model_args.model_name_or_path))
-    looks_local = local.is_absolute() or model_args.model_name_or_path.startswith((".", "~"))
+    local = Path(os.path.expanduser(model.model_name_or_path))
+    looks_local = local.is_absolute() or model.model_name_or_path.startswith((".", "~"))
     if looks_local and not (local / "config.json").is_file():
         problems.append(
-            f"--model_name_or_path {model_args.model_name_or_path}: no config.json there. Give a model folder, "
-            "a checkpoint-N folder, or a hub id such as Qwen/Qwen3-VL-4B-Instruct"
+            f"--model_name_or_path {model.model_name_or_path}: no config.json there. Give a model folder, "
+            f"a checkpoint-N folder, or a hub id such as {defaults.MODEL}"
         )
     return problems
 
 
-def _lora_problems(model_args: ModelArguments, args: TrainingArguments) -> list[str]:
+def check_arguments(args: SFTArguments) -> list[str]:
+    """Every problem with the combination of a supervised run's arguments (empty list: all good)."""
+    problems = recipe_problems(args)
+    model, data, packing, training = args.model, args.data, args.packing, args.training
+    budget = packing.packing_max_tokens
+    if budget is not None and budget < data.model_max_length:
+        problems.append(
+            f"--packing_max_tokens {budget} is below --model_max_length {data.model_max_length}: a "
+            "sample that long would fit no pack; raise --packing_max_tokens or lower --model_max_length"
+        )
+    if budget is not None and not packing.enabled:
+        problems.append(
+            "--packing_max_tokens is set but packing is off: add --data_flatten True or drop the budget"
+        )
+    if training.vision_tower_lr is not None and not model.tune_mm_vision:
+        problems.append(
+            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
+        )
+    if training.mm_projector_lr is not None and not model.tune_mm_mlp:
+        problems.append(
+            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
+        )
+    return problems
+
+
+def _data_problems(data: DataArguments) -> list[str]:
     problems: list[str] = []
-    if not args.lora_enable:
-        if args.lora_vision:
+    if data.min_pixels > data.max_pixels:
+        problems.append(
+            f"--min_pixels {data.min_pixels} is larger than --max_pixels {data.max_pixels}; "
+            "swap them or lower --min_pixels"
+        )
+    if data.max_pixels < VISUAL_TOKEN_PIXELS:
+        problems.append(
+            f"--max_pixels {data.max_pixels} is below one visual token (32x32 = 1024 pixels); use >= 1024"
+        )
+    if data.model_max_length < 64:
+        problems.append(f"--model_max_length {data.model_max_length} is too short for any sample; use >= 64")
+    return problems
+
+
+def _lora_problems(model: ModelArguments, lora: LoraArguments) -> list[str]:
+    problems: list[str] = []
+    if not lora.lora_enable:
+        if lora.lora_vision:
             problems.append("--lora_vision needs --lora_enable True")
         return problems
-    if args.lora_r < 1 or args.lora_alpha <= 0 or not 0.0 <= args.lora_dropout < 1.0:
+    if lora.lora_r < 1 or lora.lora_alpha <= 0 or not 0.0 <= lora.lora_dropout < 1.0:
         problems.append(
-            f"LoRA settings r={args.lora_r}, alpha={args.lora_alpha}, dropout={args.lora_dropout}: need r >= 1, "
+            f"LoRA settings r={lora.lora_r}, alpha={lora.lora_alpha}, dropout={lora.lora_dropout}: need r >= 1, "
             "alpha > 0 and 0 <= dropout < 1"
         )
-    if not [m for m in args.lora_target_modules.split(",") if m.strip()]:
+    if not [m for m in lora.lora_target_modules.split(",") if m.strip()]:
         problems.append(
             "--lora_target_modules is empty; the default is q_proj,k_proj,v_proj,o_proj,gate_proj,..."
         )
-    if args.lora_vision and model_args.tune_mm_vision:
+    if lora.lora_vision and model.tune_mm_vision:
         problems.append(
             "--lora_vision with --tune_mm_vision True would train the vision blocks twice (fully and through "
             "adapters): choose one"
@@ -241,6 +354,7 @@ def _lora_problems(model_args: ModelArguments, args: TrainingArguments) -> list[
     return problems
 
 
+# ---------------------------------------------------------------------------------------------- parsing
 def _pop_missing_deepspeed(argv: list[str]) -> tuple[list[str], str | None]:
     """TrainingArguments raises on a missing DeepSpeed file before anything else can be checked: take it out
     of the arguments (and report it with the rest)."""
@@ -256,17 +370,31 @@ def _pop_missing_deepspeed(argv: list[str]) -> tuple[list[str], str | None]:
     return argv, None
 
 
-def parse_arguments(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    import sys
+Bundle = TypeVar("Bundle", bound=RecipeArguments)
 
+
+def parse_groups(
+    bundle: type[Bundle], argv: Sequence[str] | None, check: Callable[[Bundle], list[str]]
+) -> Bundle:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) into every group of ``bundle`` with one
+    ``HfArgumentParser``, then raise :class:`ArgumentError` listing every problem ``check`` finds (and a
+    ``--deepspeed`` file that does not exist)."""
     argv, missing_deepspeed = _pop_missing_deepspeed(list(sys.argv[1:] if argv is None else argv))
-    parser = transformers.HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    problems = check_arguments(model_args, data_args, training_args)
+    groups = bundle.groups()
+    parser = transformers.HfArgumentParser(tuple(groups.values()))
+    parsed = parser.parse_args_into_dataclasses(args=argv)
+    args = bundle(**dict(zip(groups, parsed)))
+    problems = check(args)
     if missing_deepspeed:
         problems.append(missing_deepspeed)
     if problems:
         raise ArgumentError(
             f"{len(problems)} problem(s) with the arguments:\n" + "\n".join(f"  - {p}" for p in problems)
         )
-    return model_args, data_args, training_args
+    return args
+
+
+def parse_arguments(argv: Sequence[str] | None = None) -> SFTArguments:
+    """The arguments of a supervised run (``train_qwen.py``), checked: :class:`ArgumentError` lists every
+    problem at once."""
+    return parse_groups(SFTArguments, argv, check_arguments)

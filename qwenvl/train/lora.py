@@ -51,8 +51,8 @@ class LoraSettings:
 
     @classmethod
     def from_args(cls, args: Any, tune_llm: bool = True) -> LoraSettings:
-        """From ``TrainingArguments`` (``lora_r``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``,
-        ``lora_vision``) and the ``--tune_mm_llm`` flag."""
+        """From :class:`~qwenvl.train.arguments.LoraArguments` (``lora_r``, ``lora_alpha``, ``lora_dropout``,
+        ``lora_target_modules``, ``lora_vision``) and the ``--tune_mm_llm`` flag."""
         targets = tuple(t.strip() for t in str(args.lora_target_modules).split(",") if t.strip())
         return cls(
             r=int(args.lora_r),
