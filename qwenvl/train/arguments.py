@@ -67,8 +67,10 @@ class DataArguments:
     dataset_use: str = field(
         default="",
         metadata={
-            "help": "Comma-separated registered names with optional %NN sampling, e.g. "
-            "flare_retino%100,flare_busi_det%50 (see qwenvl/data/__init__.py). A path to a Qwen3-VL JSON works too."
+            # argparse formats help with %: "%%" prints "%" (a single "%N" made --help crash)
+            "help": "Comma-separated registered names with optional %%NN sampling, e.g. "
+            "flare_retino%%100,flare_busi_det%%50 (see qwenvl/data/__init__.py). A path to a Qwen3-VL JSON works "
+            "too."
         },
     )
     eval_dataset_use: str = field(
