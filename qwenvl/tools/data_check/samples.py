@@ -118,18 +118,15 @@ def load_processor_offline_first(name: str, min_pixels: int, max_pixels: int) ->
 
     Raises :class:`ProcessorUnavailable` with a one-paragraph explanation (never a traceback) otherwise.
     """
-    from qwenvl.model.loading import load_processor
+    from qwenvl.train.recipe import load_training_processor
 
     local = Path(name).expanduser()
     is_hub_id = not local.exists() and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
     if not local.exists() and not is_hub_id:
         raise _unavailable(name, f"the folder {local} does not exist")
     try:
-        return load_processor(
-            name,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            **({"local_files_only": True} if is_hub_id else {}),
+        return load_training_processor(
+            name, min_pixels, max_pixels, **({"local_files_only": True} if is_hub_id else {})
         )
     except Exception as e:  # noqa: BLE001 - every failure becomes the explanation below
         first_error = e
@@ -142,7 +139,7 @@ def load_processor_offline_first(name: str, min_pixels: int, max_pixels: int) ->
             f"it is not a local folder, its files are not in the Hugging Face cache ({cache}), and the hub cannot be reached",
         )
     try:
-        return load_processor(name, min_pixels=min_pixels, max_pixels=max_pixels)
+        return load_training_processor(name, min_pixels, max_pixels)
     except Exception as e:  # noqa: BLE001
         raise _unavailable(name, f"{type(e).__name__}: {str(e).splitlines()[0][:300]}") from None
 
@@ -166,8 +163,8 @@ def load_processor_and_dataset(
     """The processor and the training dataset the samples are encoded with, loaded as training loads them.
 
     The processor is loaded from ``res.model_path`` (offline first, :func:`load_processor_offline_first`) with
-    ``cfg``'s pixel limits, or is ``processor`` with those limits applied; the dataset is
-    ``build_supervised_dataset`` over ``dataset_names`` exactly as ``train_qwen.py`` builds it. Returns
+    ``cfg``'s pixel limits, or is ``processor`` with those limits applied; the dataset is built from
+    ``dataset_names`` by the training recipe's own step (:func:`qwenvl.train.recipe.load_training_datasets`). Returns
     ``(processor, dataset)``; what cannot be loaded is ``None``, with the reason in ``res.load_error`` (the
     processor) or ``res.dataset_error`` (the dataset). ``res.processor_loaded`` / ``res.processor_info`` describe
     a loaded processor.
@@ -193,12 +190,12 @@ def load_processor_and_dataset(
     if not dataset_names:
         res.dataset_error = "no dataset with a readable annotation file to build"
         return processor, None
-    from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.train.recipe import load_training_datasets
 
     try:
         with _quiet("qwenvl.data.dataset"):
-            dataset = build_supervised_dataset(
-                ",".join(dataset_names), processor, cfg.model_max_length, seed=cfg.seed
+            dataset, _ = load_training_datasets(
+                processor, ",".join(dataset_names), cfg.model_max_length, cfg.seed
             )
     except (KeyError, ValueError) as e:
         res.dataset_error = str(e.args[0]) if e.args else str(e)
