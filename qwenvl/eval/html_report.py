@@ -204,7 +204,7 @@ def _header(summary: dict, metrics: dict | None) -> str:
     if metrics is not None:
         kpis.append(("missing predictions", metrics.get("n_missing_predictions"), False))
     cards = "".join(
-        f'<div class="kpi{" warn" if warn else ""}"><b>{esc(f"{v:g}")}</b><span>{esc(k)}</span></div>'
+        f'<div class="kpi{" warn" if warn else ""}"><b>{esc(f"{v:g}" if isinstance(v, (int, float)) else v)}</b><span>{esc(k)}</span></div>'
         for k, v, warn in kpis
         if v is not None
     )
