@@ -6,7 +6,8 @@ Qwen3-VL finetune code reads, plus a ``meta`` block that keeps each record's ori
     {
       "image": "/abs/path/imagesTr/x.jpg",            # or a list of absolute paths, in the raw order
       "conversations": [
-        {"from": "human", "value": "<image>\\n<original Question>"},   # one "<image>\\n" per image, in order
+        {"from": "human", "value": "<image>\\n<prompt>"},   # one "<image>\\n" per image, in order, then
+                                                           # TaskType.prompt(Question, box_format)
         {"from": "gpt", "value": "<answer string>"}                    # "" for inference inputs
       ],
       "meta": {
@@ -18,10 +19,12 @@ Qwen3-VL finetune code reads, plus a ``meta`` block that keeps each record's ori
         "source_file": "/abs/.../BUSI-det_questions_train.json",
         "source_index": 17,                   # index of the record in that file
         "image_name": "imagesTr/x.jpg",       # original ImageName (str or list), for challenge-format output
-        "question": "...",                    # original Question
+        "question": "...",                    # original Question (challenge records are rebuilt from it)
         "image_sizes": [[w, h]],              # original pixel size of each image, from its header
         "has_answer": true,                   # false for validation-hidden / testing inputs
-        "box_format": "qwen1000"              # only for box tasks: "qwen1000" (0-1000 grid) or "pixel"
+        "box_format": "qwen1000",             # only for box tasks: "qwen1000" (0-1000 grid) or "pixel"
+        "prompt_rule": "box_grid_rewrite"     # how the prompt came from the Question: "verbatim" or the
+                                              # rule of TaskType.prompt_rule (0-1000 box convention stated)
       }
     }
 
@@ -43,6 +46,10 @@ IMAGE_TAG = "<image>"
 BOX_QWEN1000 = "qwen1000"
 BOX_PIXEL = "pixel"
 
+# meta.prompt_rule of a record whose human turn shows the question as written (TaskType.prompt_rule names the
+# others, e.g. qwenvl/flare/tasks/box_prompt.py's box_grid_rewrite / box_grid_append).
+PROMPT_VERBATIM = "verbatim"
+
 # Why a raw record was not converted (conversion_report.json "reason" values).
 SKIP_MISSING_IMAGE = "missing_image"  # an image file (any of a multi-image record's) does not exist
 SKIP_CORRUPT_IMAGE = "corrupt_image"  # an image file exists but does not decode
@@ -52,6 +59,9 @@ SKIP_UNKNOWN_TASK = "unknown_task_type"  # TaskType is not one of the seven FLAR
 SKIP_INVALID_RECORD = "invalid_record"  # not an object, or a required field is missing / of the wrong type
 SKIP_UNPARSABLE_ANSWER = "unparsable_answer"  # a box / number answer that cannot be parsed
 SKIP_UNREADABLE_FILE = "unreadable_file"  # the whole question file is not valid JSON (file-level entry)
+# Known noise of the real data (TaskType.raw_answer_problem; --keep_noisy converts these records instead):
+SKIP_NOT_AN_OPTION = "answer_not_an_option"  # a classification answer that is no offered letter ("T")
+SKIP_SEVERAL_ANSWERS = "several_answers_single_label"  # several letters ("A B") on a single-label question
 
 SKIP_REASONS = (
     SKIP_MISSING_IMAGE,
@@ -62,7 +72,10 @@ SKIP_REASONS = (
     SKIP_INVALID_RECORD,
     SKIP_UNPARSABLE_ANSWER,
     SKIP_UNREADABLE_FILE,
+    SKIP_NOT_AN_OPTION,
+    SKIP_SEVERAL_ANSWERS,
 )
+NOISE_REASONS = (SKIP_NOT_AN_OPTION, SKIP_SEVERAL_ANSWERS)  # skipped by default, kept with --keep_noisy
 
 
 def images_of(record: dict) -> list[str]:
