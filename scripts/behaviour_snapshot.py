@@ -113,7 +113,8 @@ def snapshot(work: Path) -> dict:
               "--output_dir", str(ev), "--no_progress"],
         env={"FLARE25_CONVERTED_DIR": str(conv)},
     )  # fmt: skip
-    out["eval"] = {k: v for k, v in _digest_tree(ev, root, "*").items() if not k.endswith(".png")}
+    eval_files = _digest_tree(ev, root, "*").items()  # pictures and report.html (timings, date) vary per run
+    out["eval"] = {k: v for k, v in eval_files if not k.endswith((".png", ".html"))}
     scored = work / "scored.json"
     _run(py + ["scripts/score_predictions.py", "--predictions", str(ev / "predictions.json"),
                "--ground_truth", str(work / "plain" / "raw" / "validation-public"), "--output", str(scored)])  # fmt: skip
