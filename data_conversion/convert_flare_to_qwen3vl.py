@@ -23,6 +23,7 @@ from data_conversion.converter import (
     convert,
     resolve_conversion_datasets,
 )
+from data_conversion.report import finding_notes
 from data_conversion.summary import summary_notes, summary_table
 from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS
 from qwenvl.flare.paths import default_converted_dir, default_raw_dir
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=BOX_FORMATS[0],
         help="detection answers on Qwen3-VL's 0-1000 grid (qwen1000, default) or as original pixels",
     )
+    parser.add_argument(
+        "--keep_noisy",
+        action="store_true",
+        help="convert records with known answer noise (a classification answer that is no offered letter, "
+        "e.g. 'T'; several letters such as 'A B' on a single-label question) instead of skipping them; "
+        "either way they are listed in the report",
+    )
     parser.add_argument("--verbose", action="store_true", help="print each skipped record with its reason")
     parser.add_argument("--no_progress", action="store_true", help="no progress bars")
     return parser
@@ -100,12 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             box_format=args.box_format,
             verbose=args.verbose,
             progress=not args.no_progress,
+            keep_noisy=args.keep_noisy,
         )
     except ConversionInputError as e:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     console.print(summary_table(report))
-    for note in summary_notes(report):
+    for note in summary_notes(report) + finding_notes(report):
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     console.print(f"Converted files and {REPORT_NAME} in {report['settings']['output_dir']}", highlight=False)
     return 0

@@ -10,7 +10,9 @@ Splits (the CLI's ``--splits``) and where they come from::
     test   <- testing/<Modality>/<dataset>/            -> <dataset>_test.json        (inference inputs)
 
 Every raw record is either converted or skipped with one of ``schema.SKIP_REASONS``; per dataset and split the
-report holds ``raw = converted + skipped``. A question file that cannot be read is a file-level entry. Nothing
+report holds ``raw = converted + skipped``. Known noise of the real data (a classification answer that is no
+offered letter, several letters on a single-label question) is skipped unless ``keep_noisy``; validation
+records whose images are byte-identical to training images are converted and listed (``train_val_leaks``). A question file that cannot be read is a file-level entry. Nothing
 here aborts on a bad record; only an unusable ``input_dir`` raises :class:`ConversionInputError`.
 
 This module is the plan (which question files feed which output split) and the run. Data flows one way:
@@ -41,6 +43,7 @@ from data_conversion.report import (
 )
 from qwenvl.flare.datasets import FLARE_DATASETS, DatasetConfig, resolve_dataset_name
 from qwenvl.flare.jsonio import write_json_atomic
+from qwenvl.flare.leaks import TRAIN_VAL_LEAK, ImageDigests, find_leaks
 from qwenvl.flare.raw import (
     IMAGE_FOLDERS,
     MODALITIES,
@@ -176,6 +179,7 @@ def convert_dataset(
     box_format: str,
     verbose: bool = False,
     progress: bool = True,
+    keep_noisy: bool = False,
 ) -> list[SplitResult]:
     """Convert every requested split of one dataset (one progress bar); nothing is written here."""
     plan = plan_dataset(input_dir, cfg, cli_splits)
@@ -194,7 +198,9 @@ def convert_dataset(
     disable = None if progress else True  # None: on when stderr is a terminal
     with tqdm(total=total, desc=f"{cfg.name:>15}", unit="rec", disable=disable, leave=False) as bar:
         for source, records in loaded:
-            _convert_file(source, records, plan.results[source.split], cache, box_format, verbose, bar)
+            _convert_file(
+                source, records, plan.results[source.split], cache, box_format, verbose, bar, keep_noisy
+            )
     for res in plan.results.values():
         for err in res.file_errors:
             if progress or verbose:
@@ -210,11 +216,12 @@ def _convert_file(
     box_format: str,
     verbose: bool,
     bar: tqdm,
+    keep_noisy: bool = False,
 ) -> None:
     state = FileState()
     res.raw += len(records)
     for index, raw in enumerate(records):
-        out = convert_record(source, index, raw, cache, state, box_format)
+        out = convert_record(source, index, raw, cache, state, box_format, keep_noisy)
         if isinstance(out, Skip):
             res.skips.append(out)
             if verbose:
@@ -227,6 +234,63 @@ def _convert_file(
             if not source.labelled and not is_empty_answer(raw.get("Answer")):
                 res.answers_ignored += 1
         bar.update(1)
+    res.kept_noisy += state.kept_noisy
+    if verbose:
+        for noisy in state.kept_noisy:
+            tqdm.write(
+                f"kept (--keep_noisy) {noisy.dataset} {noisy.split} {source.path.name}[{noisy.source_index}] "
+                f"{json.dumps(noisy.image_name)}: {noisy.reason} - {noisy.detail}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Train/val leaks: validation records showing a training image's bytes (grouped by image)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _training_records(results: Sequence[SplitResult], out_dir: Path, dataset: str) -> tuple[list, str] | None:
+    """The dataset's converted training records: this run's, else the ``<dataset>_train.json`` an earlier run
+    left in ``out_dir``; ``None`` when there are none to compare with."""
+    for res in results:
+        if res.split == "train" and res.readable_sources:
+            return res.records, "this run's training records"
+    path = out_dir / f"{dataset}_train.json"
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return (records, str(path)) if isinstance(records, list) else None
+
+
+def check_leaks(results: Sequence[SplitResult], out_dir: Path, digests: ImageDigests) -> None:
+    """Fill ``leaks`` of the dataset's ``val`` result: one entry per validation record with an image
+    byte-identical to a training image (every record of a leaked image, so records stay grouped by image)."""
+    val = next((r for r in results if r.split == "val"), None)
+    if val is None:
+        return
+    train = _training_records(results, out_dir, val.dataset)
+    if train is None:
+        return
+    train_records, against = train
+    val.leaks_checked_against = against
+    val.leaks = []
+    for leak in find_leaks(train_records, val.records, digests):
+        meta = val.records[leak.index]["meta"]
+        train_meta = train_records[leak.train_index].get("meta") or {}
+        val.leaks.append(
+            {
+                "dataset": val.dataset,
+                "split": val.split,
+                "source_file": meta["source_file"],
+                "source_index": meta["source_index"],
+                "image_name": meta["image_name"],
+                "image": leak.image,
+                "train_image": leak.train_image,
+                "reason": TRAIN_VAL_LEAK,
+                "detail": f"image {leak.image} is byte-identical to training image {leak.train_image} "
+                f"(training ImageName {json.dumps(train_meta.get('image_name'))})",
+            }
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -280,9 +344,11 @@ def convert(
     box_format: str = BOX_QWEN1000,
     verbose: bool = False,
     progress: bool = True,
+    keep_noisy: bool = False,
 ) -> dict:
     """Convert ``datasets`` x ``splits`` from the raw tree at ``input_dir`` into ``output_dir`` and return the
-    updated ``conversion_report.json`` content (also written there).
+    updated ``conversion_report.json`` content (also written there). ``keep_noisy`` converts the records with
+    known answer noise (listed in the report's ``kept_noisy``) instead of skipping them.
 
     Raises :class:`ConversionInputError` when ``input_dir`` is unusable and ``ValueError`` for bad arguments;
     problems with individual files and records are reported, never raised.
@@ -297,6 +363,7 @@ def convert(
         "input_dir": str(in_dir),
         "output_dir": str(out_dir),
         "box_format": box_format,
+        "keep_noisy": keep_noisy,
         "datasets": names,
         "splits": cli_splits,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -306,9 +373,11 @@ def convert(
     results: list[SplitResult] = []
     entries: dict[tuple[str, str], dict] = {}
     for name in names:
-        for res in convert_dataset(
-            in_dir, FLARE_DATASETS[name], cli_splits, cache, box_format, verbose, progress
-        ):
+        dataset_results = convert_dataset(
+            in_dir, FLARE_DATASETS[name], cli_splits, cache, box_format, verbose, progress, keep_noisy
+        )
+        check_leaks(dataset_results, out_dir, cache.digests)
+        for res in dataset_results:
             output_file = out_dir / f"{name}_{res.split}.json" if res.readable_sources else None
             if output_file is not None:
                 write_json_atomic(output_file, res.records)

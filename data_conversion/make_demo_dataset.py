@@ -7,8 +7,9 @@ surround bright objects (``[x1, y1, x2, y2]`` are the first and last object pixe
 the number of drawn dots, regression values are a bar length or a caliper distance, and reports describe
 visible cues.
 
-``--with-defects`` adds the six defects listed in :func:`demo_defects` (and nothing else), so converter tests can
-check that exactly these are skipped and reported.
+``--with-defects`` adds the nine defects listed in :func:`demo_defects` (and nothing else): six kinds of damage
+and the real data's known noise (a "T" answer, an "A B" answer, a validation image byte-identical to a training
+image), so converter and validator tests can check that exactly these are skipped or reported.
 
 Usage::
 
@@ -84,7 +85,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--with_defects",
         dest="with_defects",
         action="store_true",
-        help="seed six realistic defects (missing/corrupt images, empty answer, duplicate, truncated file)",
+        help="seed nine realistic defects (missing/corrupt images, empty answer, duplicate, truncated file, "
+        "'T' and 'A B' classification answers, a validation image identical to a training image)",
     )
     return p.parse_args(argv)
 

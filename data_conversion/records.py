@@ -3,8 +3,13 @@
 :func:`convert_record` is the whole rule set for a single record; it checks, in this order: structure
 (``invalid_record``), task type (``unknown_task_type``), empty answer in a labelled split (``empty_answer``),
 images (``missing_image`` / ``corrupt_image``), answer parsing in a labelled split (``unparsable_answer``, the
-task's own rules in :mod:`qwenvl.flare.tasks`) and repeats in a labelled split (``duplicate``). It never raises
+task's own rules in :mod:`qwenvl.flare.tasks`), known noise in a labelled split (``answer_not_an_option``,
+``several_answers_single_label``: ``TaskType.raw_answer_problem``; with ``keep_noisy`` the record is converted
+and the noise listed in :class:`FileState`) and repeats in a labelled split (``duplicate``). It never raises
 for a bad record: the reason and a detail naming what is wrong come back in the :class:`Skip`.
+
+The human turn shows the task's prompt of the question (``TaskType.prompt``: box questions on the 0-1000 grid
+state that convention), ``meta.prompt_rule`` names the rule applied, and ``meta.question`` keeps the original.
 
 Which question files feed which output split is the converter's business (:mod:`data_conversion.converter`);
 a :class:`Source` carries that decision to the record level.
@@ -21,6 +26,7 @@ from typing import Any
 
 from qwenvl.flare.answers import AnswerError, clip_text
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
+from qwenvl.flare.leaks import ImageDigests
 from qwenvl.flare.raw import REQUIRED_RAW_FIELDS, is_empty_answer
 from qwenvl.flare.schema import (
     IMAGE_TAG,
@@ -37,7 +43,8 @@ from qwenvl.flare.tasks import normalize_task_type, task_for
 
 @dataclass(frozen=True)
 class Skip:
-    """One raw record that was not converted (an entry of the report's ``skipped`` list)."""
+    """One raw record that was not converted (an entry of the report's ``skipped`` list), or a noisy record
+    converted under ``keep_noisy`` (an entry of its ``kept_noisy`` list)."""
 
     dataset: str
     split: str
@@ -63,16 +70,20 @@ class Source:
 
 @dataclass
 class FileState:
-    """Per question file: the (ImageName, Question) pairs already converted (labelled files only)."""
+    """Per question file: the (ImageName, Question) pairs already converted (labelled files only) and the
+    noisy records converted because of ``keep_noisy``."""
 
     seen: dict[tuple, tuple[int, str]] = field(default_factory=dict)
+    kept_noisy: list[Skip] = field(default_factory=list)
 
 
 class ImageCache:
-    """Each distinct image path is opened and decoded once per run (iugc asks 3 questions per image)."""
+    """Each distinct image path is opened and decoded once per run (iugc asks 3 questions per image), and
+    hashed at most once (``digests``, for the train/val leak check)."""
 
     def __init__(self) -> None:
         self._infos: dict[str, ImageInfo] = {}
+        self.digests = ImageDigests()
 
     def get(self, path: str) -> ImageInfo:
         info = self._infos.get(path)
@@ -158,12 +169,17 @@ def build_record(
         "image_sizes": [list(i.size) for i in infos if i.size is not None],
         "has_answer": source.labelled,
     }
-    if task_for(task_type).has_boxes:
+    task = task_for(task_type)
+    if task.has_boxes:
         meta["box_format"] = box_format
+    meta["prompt_rule"] = task.prompt_rule(raw["Question"], box_format)
     return {
         "image": paths[0] if len(paths) == 1 else paths,
         "conversations": [
-            {"from": "human", "value": f"{IMAGE_TAG}\n" * len(paths) + raw["Question"]},
+            {
+                "from": "human",
+                "value": f"{IMAGE_TAG}\n" * len(paths) + task.prompt(raw["Question"], box_format),
+            },
             {"from": "gpt", "value": answer},
         ],
         "meta": meta,
@@ -171,10 +187,17 @@ def build_record(
 
 
 def convert_record(
-    source: Source, index: int, raw: Any, cache: ImageCache, state: FileState, box_format: str
+    source: Source,
+    index: int,
+    raw: Any,
+    cache: ImageCache,
+    state: FileState,
+    box_format: str,
+    keep_noisy: bool = False,
 ) -> dict | Skip:
     """Convert one raw record, or say why not. Check order: structure, task type, empty answer (labelled),
-    images, answer parsing (labelled), duplicate (labelled; only converted records count as seen)."""
+    images, answer parsing (labelled), known noise (labelled; converted and listed in ``state.kept_noisy``
+    when ``keep_noisy``), duplicate (labelled; only converted records count as seen)."""
 
     def skip(reason: str, detail: str) -> Skip:
         name = raw.get("ImageName") if isinstance(raw, dict) else None
@@ -200,10 +223,15 @@ def convert_record(
             answer = task_for(task_type).target(raw["Answer"], infos[0].size or (1, 1), box_format)
         except AnswerError as e:
             return skip(SKIP_UNPARSABLE_ANSWER, f"{task_type} answer: {e}")
+        noise = task_for(task_type).raw_answer_problem(raw["Answer"], raw["Question"])
+        if noise and not keep_noisy:
+            return skip(*noise)
         key = _dedup_key(raw)
         if key in state.seen:
             first, first_answer = state.seen[key]
             differs = "" if first_answer == answer else " (with a different answer)"
             return skip(SKIP_DUPLICATE, f"repeats record {first} (same ImageName and Question){differs}")
         state.seen[key] = (index, answer)
+        if noise:
+            state.kept_noisy.append(skip(*noise))
     return build_record(source, index, raw, task_type, infos, answer, box_format)

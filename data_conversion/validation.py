@@ -7,18 +7,19 @@ an empty answer in a labelled record (``meta.has_answer`` true) - these four are
 repeat of an earlier record's images + question; a box answer that is not JSON boxes (on the 0-1000 grid when
 ``meta.box_format`` is ``qwen1000``).
 
-Warnings: images shared byte-for-byte between a dataset's train file and its val file (train/val leakage; the
-real FLARE25 data has some).
+Warnings, each naming the dataset, split, file, record and ImageName: a val record whose image is byte-identical
+to an image of the dataset's train file (``train_val_leak``, one warning per record, so the records about one
+image are all named; the real FLARE25 data has some); known answer noise that ``--keep_noisy`` let through
+(``answer_not_an_option``, ``several_answers_single_label``: ``TaskType.raw_answer_problem``); a human turn that
+is not the task's prompt of ``meta.question`` (``prompt_mismatch``: converted by an older converter, or edited).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from rich.table import Table
 
 from data_conversion.converter import REPORT_NAME
 from qwenvl.flare.images import MISSING, ImageInfo, inspect_image
+from qwenvl.flare.leaks import TRAIN_VAL_LEAK, ImageDigests, find_leaks
 from qwenvl.flare.schema import (
     EMPTY_ANSWER,
     IMAGE_TAG,
@@ -48,20 +50,23 @@ MISSING_IMAGE = "missing_image"
 CORRUPT_IMAGE = "corrupt_image"
 DUPLICATE = "duplicate"
 BAD_BOX_ANSWER = "bad_box_answer"
-TRAIN_VAL_LEAK = "train_val_leak"  # a warning
+PROMPT_MISMATCH = "prompt_mismatch"  # a warning; TRAIN_VAL_LEAK and the noise reasons are warnings too
 
 _FILE_RE = re.compile(r"^(?P<dataset>.+?)_(?P<split>train|val_hidden|val|test)\.json$")
-_LEAK_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
 class Issue:
-    """One error or warning: the file, the record index (``None`` for file-level), the check and details."""
+    """One error or warning: the file, the record index (``None`` for file-level), the check and details;
+    warnings about a record also name its dataset, split and ImageName (from ``meta``)."""
 
     file: str
     index: int | None
     check: str
     detail: str
+    dataset: str | None = None
+    split: str | None = None
+    image_name: Any = None
 
 
 @dataclass
@@ -78,29 +83,17 @@ class FileStats:
     warnings: int = 0
 
 
-class _Images:
+class _Images(ImageDigests):
     """Decode (and, for leak checks, hash) each distinct image path once."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._info: dict[str, ImageInfo] = {}
-        self._hash: dict[str, str] = {}
 
     def info(self, path: str) -> ImageInfo:
         if path not in self._info:
             self._info[path] = inspect_image(path)
         return self._info[path]
-
-    def digest(self, path: str) -> str | None:
-        if path not in self._hash:
-            digest = hashlib.sha256()
-            try:
-                with open(path, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-            except OSError:
-                return None
-            self._hash[path] = digest.hexdigest()
-        return self._hash[path]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -165,6 +158,43 @@ def check_record(rec: Any, images: _Images) -> list[tuple[str, str]]:
     return out
 
 
+def record_warnings(rec: Any) -> list[tuple[str, str]]:
+    """(check, detail) warnings of a well-formed record: known answer noise (labelled records) and a human
+    turn that is not its task's prompt of ``meta.question``."""
+    meta = rec.get("meta") if isinstance(rec, dict) else None
+    task = TASKS.get(meta.get("task_type")) if isinstance(meta, dict) else None
+    if task is None or not isinstance(meta.get("question"), str):
+        return []
+    out: list[tuple[str, str]] = []
+    turns = rec["conversations"]
+    if _is_labelled(rec) and turns[1]["value"].strip():
+        noise = task.raw_answer_problem(turns[1]["value"], meta["question"])
+        if noise:
+            out.append(noise)
+    expected = task.prompt(meta["question"], meta.get("box_format"))
+    shown = turns[0]["value"].replace(f"{IMAGE_TAG}\n", "").replace(IMAGE_TAG, "")
+    if shown != expected:
+        rule = task.prompt_rule(meta["question"], meta.get("box_format"))
+        out.append(
+            (
+                PROMPT_MISMATCH,
+                f"the human turn is not the {task.name} prompt of meta.question (rule {rule}): "
+                f"{shown[-80:]!r} vs {expected[-80:]!r}; re-convert",
+            )
+        )
+    return out
+
+
+def _issue(path: Path, index: int | None, check: str, detail: str, rec: Any = None) -> Issue:
+    """An issue of file ``path``, naming the record's dataset, split and ImageName when ``rec`` has a meta."""
+    meta = rec.get("meta") if isinstance(rec, dict) else None
+    if not isinstance(meta, dict):
+        return Issue(path.name, index, check, detail)
+    return Issue(
+        path.name, index, check, detail, meta.get("dataset"), meta.get("split"), meta.get("image_name")
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Files and folders
 # ----------------------------------------------------------------------------------------------------------
@@ -180,20 +210,23 @@ def _load(path: Path) -> tuple[list | None, str]:
     return data, ""
 
 
-def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], list | None]:
-    """Check one converted file; returns its stats, its errors and its records (``None`` if unreadable)."""
+def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], list[Issue], list | None]:
+    """Check one converted file; returns its stats, its errors, its warnings and its records (``None`` if
+    unreadable)."""
     stats = FileStats()
     data, problem = _load(path)
     if data is None:
-        return stats, [Issue(path.name, None, UNREADABLE_FILE, f"{path}: {problem}")], None
+        return stats, [Issue(path.name, None, UNREADABLE_FILE, f"{path}: {problem}")], [], None
     errors: list[Issue] = []
+    warnings: list[Issue] = []
     seen: dict[tuple, int] = {}
     distinct: set[str] = set()
     tasks: Counter = Counter()
     for index, rec in enumerate(data):
-        errors += [Issue(path.name, index, check, detail) for check, detail in check_record(rec, images)]
+        errors += [_issue(path, index, check, detail, rec) for check, detail in check_record(rec, images)]
         if not _well_formed(rec):
             continue
+        warnings += [_issue(path, index, check, detail, rec) for check, detail in record_warnings(rec)]
         paths = images_of(rec)
         stats.images += len(paths)
         distinct.update(paths)
@@ -203,7 +236,7 @@ def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], 
         key = (tuple(paths), _question(rec))
         if key in seen:
             errors.append(
-                Issue(path.name, index, DUPLICATE, f"same images and question as record {seen[key]}")
+                _issue(path, index, DUPLICATE, f"same images and question as record {seen[key]}", rec)
             )
         else:
             seen[key] = index
@@ -211,28 +244,26 @@ def validate_file(path: Path, images: _Images) -> tuple[FileStats, list[Issue], 
     stats.distinct_images = len(distinct)
     stats.task_types = dict(sorted(tasks.items()))
     stats.errors = len(errors)
-    return stats, errors, data
+    stats.warnings = len(warnings)
+    return stats, errors, warnings, data
 
 
-def find_leaks(train: list, val: list, images: _Images) -> tuple[int, list[str]]:
-    """How many distinct val images are byte-identical to some train image, with a few examples."""
-    train_hashes: dict[str, str] = {}
-    for path in _record_images(train):
-        digest = images.digest(path)
-        if digest:
-            train_hashes.setdefault(digest, path)
-    shared: dict[str, str] = {}
-    for path in _record_images(val):
-        digest = images.digest(path)
-        if digest in train_hashes:
-            shared[path] = train_hashes[digest]
-    examples = [f"{v} == {t}" for v, t in list(shared.items())[:_LEAK_EXAMPLES]]
-    return len(shared), examples
-
-
-def _record_images(records: Iterable) -> list[str]:
-    out = dict.fromkeys(p for r in records if _well_formed(r) for p in images_of(r))
-    return list(out)
+def leak_warnings(train_path: Path, train: list, val_path: Path, val: list, images: _Images) -> list[Issue]:
+    """One ``train_val_leak`` warning per val record showing an image byte-identical to an image of the train
+    file (every record of a leaked image: the records about one image stay together)."""
+    train_ok = [r if _well_formed(r) else None for r in train]
+    val_ok = [r if _well_formed(r) else None for r in val]
+    out = []
+    for leak in find_leaks(train_ok, val_ok, images):
+        train_meta = (
+            (train[leak.train_index].get("meta") or {}) if isinstance(train[leak.train_index], dict) else {}
+        )
+        detail = (
+            f"image {leak.image} is byte-identical to {leak.train_image} of {train_path.name} "
+            f"(record {leak.train_index}, ImageName {json.dumps(train_meta.get('image_name'))})"
+        )
+        out.append(_issue(val_path, leak.index, TRAIN_VAL_LEAK, detail, val[leak.index]))
+    return out
 
 
 def converted_files(converted_dir: Path) -> list[Path]:
@@ -255,8 +286,8 @@ def validate(converted_dir: str | os.PathLike) -> dict:
     if not paths:
         errors.append(Issue(str(root), None, UNREADABLE_FILE, f"no converted *.json files in {root}"))
     for path in paths:
-        stats, file_errors, data = validate_file(path, images)
-        files[path.name], errors = stats, errors + file_errors
+        stats, file_errors, file_warnings, data = validate_file(path, images)
+        files[path.name], errors, warnings = stats, errors + file_errors, warnings + file_warnings
         m = _FILE_RE.match(path.name)
         if m and data is not None:
             loaded[(m["dataset"], m["split"])] = (path, data)
@@ -264,14 +295,9 @@ def validate(converted_dir: str | os.PathLike) -> dict:
         if split != "val" or (dataset, "train") not in loaded:
             continue
         train_path, train = loaded[(dataset, "train")]
-        count, examples = find_leaks(train, val, images)
-        if count:
-            detail = (
-                f"{count} image(s) of {val_path.name} are byte-identical to images of {train_path.name}, "
-                f"e.g. {'; '.join(examples)}"
-            )
-            warnings.append(Issue(val_path.name, None, TRAIN_VAL_LEAK, detail))
-            files[val_path.name].warnings += 1
+        leaks = leak_warnings(train_path, train, val_path, val, images)
+        warnings += leaks
+        files[val_path.name].warnings += len(leaks)
     return _report(root, files, errors, warnings)
 
 
@@ -282,6 +308,7 @@ def _report(root: Path, files: dict[str, FileStats], errors: list[Issue], warnin
         "n_errors": len(errors),
         "n_warnings": len(warnings),
         "error_counts": dict(sorted(Counter(e.check for e in errors).items())),
+        "warning_counts": dict(sorted(Counter(w.check for w in warnings).items())),
         "files": {name: asdict(stats) for name, stats in files.items()},
         "errors": [asdict(e) for e in errors],
         "warnings": [asdict(w) for w in warnings],
@@ -316,10 +343,12 @@ def validation_table(report: dict) -> Table:
 
 
 def describe_issues(issues: list[dict], limit: int = 50) -> list[str]:
-    """Lines ``file[index] check: detail`` for the first ``limit`` issues, then a count of the rest."""
+    """Lines ``file[index] ImageName check: detail`` for the first ``limit`` issues, then a count of the rest."""
     lines = []
     for issue in issues[:limit]:
         where = issue["file"] if issue["index"] is None else f"{issue['file']}[{issue['index']}]"
+        if issue.get("image_name") is not None:
+            where += f" {json.dumps(issue['image_name'])}"
         lines.append(f"{where} {issue['check']}: {issue['detail']}")
     if len(issues) > limit:
         lines.append(f"... and {len(issues) - limit} more (see --save_report)")

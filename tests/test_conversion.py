@@ -330,8 +330,18 @@ def test_clean_tree_exact_counts(clean):
     assert len(files) == 19 * 4 - 1 + 1  # chestdr has no val_hidden; plus the report
     # 18 datasets x 4 files + chestdr's train, val (public + withGT) and test; its answer-less copy is unread.
     total = 18 * 4 * SPS + 4 * SPS
-    assert report["totals"] == {"raw": total, "converted": total, "skipped": 0, "skipped_by_reason": {}}
-    assert report["skipped"] == [] and report["file_errors"] == []
+    assert report["totals"] == {
+        "raw": total,
+        "converted": total,
+        "skipped": 0,
+        "skipped_by_reason": {},
+        "kept_noisy": {},
+        "train_val_leak_records": 0,
+    }
+    assert (
+        report["skipped"] == report["file_errors"] == report["kept_noisy"] == report["train_val_leaks"] == []
+    )
+    assert all(entries["val"]["train_val_leaks"]["records"] == 0 for entries in report["datasets"].values())
     assert report["settings"]["box_format"] == "qwen1000"
     assert report["settings"]["input_dir"] == str(clean["raw"].resolve())
 
@@ -343,8 +353,8 @@ def test_defects_fully_accounted(defective):
             assert e["raw"] == e["converted"] + e["skipped"], (name, split)
             assert sum(e["skipped_by_reason"].values()) == e["skipped"]
     seeded = defective["summary"]["defects"]
-    assert len(seeded) == 6
-    folder_to_split = {"training": "train"}
+    assert len(seeded) == 9
+    folder_to_split = {"training": "train", "validation-public": "val"}
     record_defects = {
         (d["dataset"], folder_to_split[d["split_folder"]], d["index"], d["reason"])
         for d in seeded
@@ -360,12 +370,16 @@ def test_defects_fully_accounted(defective):
             ("neojaundice", "train", 0, "missing_image"),
             ("boneresorption", "train", 0, "empty_answer"),
             ("BUSI-det", "train", SPS, "duplicate"),
+            ("CMMD", "train", 0, "several_answers_single_label"),
+            ("endo", "val", 0, "answer_not_an_option"),
         }
     )
     for s in report["skipped"]:
-        assert Path(s["source_file"]).parent.parent.parent.name == "training"
+        assert Path(s["source_file"]).parent.parent.parent.name == {"train": "training"}.get(
+            s["split"], "validation-public"
+        )
         assert s["detail"]
-    [unreadable] = [d for d in seeded if "file" in d]
+    [unreadable] = [d for d in seeded if d["reason"] == "unreadable_file"]
     [file_error] = report["file_errors"]
     assert (file_error["dataset"], file_error["split"], file_error["reason"]) == (
         "endo",
@@ -384,7 +398,10 @@ def test_defects_fully_accounted(defective):
         "corrupt_image": 1,
         "empty_answer": 1,
         "duplicate": 1,
+        "answer_not_an_option": 1,
+        "several_answers_single_label": 1,
     }
+    assert report["totals"]["train_val_leak_records"] == 3 and report["kept_noisy"] == []
     # Nothing else was lost: every other entry converted all its records.
     affected = {(d, s) for d, s, _, _ in record_defects} | {("endo", "train")}
     for name, entries in report["datasets"].items():
@@ -414,10 +431,13 @@ def test_record_format_and_answers_are_strings(clean):
         images = rec["image"] if isinstance(rec["image"], list) else [rec["image"]]
         assert images == [str(Path(meta["source_file"]).parent / n) for n in names]
         assert all(os.path.isabs(p) for p in images)
-        assert rec["conversations"][0] == {
-            "from": "human",
-            "value": "<image>\n" * len(names) + raw["Question"],
-        }
+        prompt = task_for(meta["task_type"]).prompt(raw["Question"], meta.get("box_format"))
+        assert rec["conversations"][0] == {"from": "human", "value": "<image>\n" * len(names) + prompt}
+        if meta["task_type"] in ("detection", "instance_detection"):  # the demo's questions say "pixel(s)"
+            assert meta["prompt_rule"] == "box_grid_rewrite" and "0-1000 grid" in prompt
+            assert "pixel" not in prompt.replace("pixel spacing", "")
+        else:
+            assert meta["prompt_rule"] == "verbatim" and prompt == raw["Question"]
         assert rec["conversations"][1]["from"] == "gpt"
         answer = rec["conversations"][1]["value"]
         assert isinstance(answer, str)

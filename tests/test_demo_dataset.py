@@ -458,11 +458,17 @@ def test_defects_are_exactly_the_listed_ones(trees):
     marrow = load(clean_root, "bone_marrow", tr)
     neo = load(clean_root, "neojaundice", tr)
     missing = {rel("retino", retino[0]["ImageName"]), rel("neojaundice", neo[0]["ImageName"][1])}
+    val = "validation-public"
+    iugc_val = ds_dir(clean_root, "iugc", val).relative_to(clean_root)
     changed = {
         rel("bone_marrow", marrow[1]["ImageName"]),
         rel("boneresorption", "boneresorption_questions_train.json"),
         rel("BUSI-det", "BUSI-det_questions_train.json"),
         rel("endo", "endo_questions_train.json"),
+        rel("CMMD", "CMMD_questions_train.json"),
+        str(ds_dir(clean_root, "endo", val).relative_to(clean_root) / "endo_questions_val.json"),
+        str(iugc_val / "iugc_questions_val.json"),
+        str(iugc_val / "imagesVal" / "iugc_0000.png"),
         ".flare25_demo",
     }
     assert set(clean) - set(dirty) == missing and set(dirty) <= set(clean)
@@ -491,6 +497,34 @@ def test_defects_are_exactly_the_listed_ones(trees):
     assert cut == full[: int(len(full) * 0.4)]
     with pytest.raises(json.JSONDecodeError):
         json.loads(cut)
+    # 7: several letters on a single-label question; 8: an answer that is no offered letter
+    cmmd, cmmd_clean = load(defect_root, "CMMD", tr), load(clean_root, "CMMD", tr)
+    assert cmmd[0]["Answer"] == "A B" and cmmd[1:] == cmmd_clean[1:]
+    endo, endo_clean = load(defect_root, "endo", val), load(clean_root, "endo", val)
+    assert endo[0]["Answer"] == "T" and endo[1:] == endo_clean[1:]
+    assert [{**r, "Answer": ""} for r in endo] == [{**r, "Answer": ""} for r in endo_clean]
+    # 9: iugc's validation image 0 holds the bytes of its training image 0, and its three records (one per
+    # task type) the training answers; the other records are untouched
+    leak = summary["defects"][-1]
+    assert leak == {
+        "dataset": "iugc",
+        "split_folder": val,
+        "file": "imagesVal/iugc_0000.png",
+        "records": [0, 1, 2],
+        "reason": "train_val_leak",
+    }
+    iugc_train, iugc_v, iugc_clean = (
+        load(defect_root, "iugc", tr),
+        load(defect_root, "iugc", val),
+        load(clean_root, "iugc", val),
+    )
+    assert (ds_dir(defect_root, "iugc", val) / leak["file"]).read_bytes() == (
+        ds_dir(defect_root, "iugc", tr) / iugc_train[0]["ImageName"]
+    ).read_bytes()
+    assert {r["ImageName"] for r in iugc_v[:3]} == {leak["file"]}
+    assert [r["Answer"] for r in iugc_v[:3]] == [r["Answer"] for r in iugc_train[:3]]
+    assert [r["Question"] for r in iugc_v[:3]] == [r["Question"] for r in iugc_train[:3]]
+    assert iugc_v[3:] == iugc_clean[3:]
 
 
 def test_defects_need_two_samples_and_bad_sizes_are_refused(tmp_path):
@@ -537,7 +571,9 @@ def test_cli_runs_from_inside_data_conversion(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "77 question files, 153 records" in proc.stdout
     assert (
-        "6 seeded defects" in proc.stdout
+        "9 seeded defects" in proc.stdout
         and "endo/training endo_questions_train.json: unreadable_file" in proc.stdout
+        and "endo/validation-public record 0: answer_not_an_option" in proc.stdout
+        and "iugc/validation-public imagesVal/iugc_0000.png: train_val_leak" in proc.stdout
     )
     assert len(load(out, "BUSI-det", "training")) == 3

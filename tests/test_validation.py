@@ -13,6 +13,7 @@ from data_conversion.converter import REPORT_NAME, convert
 from data_conversion.make_demo_dataset import make_demo_dataset
 from data_conversion.validation import errors_by, validate
 from qwenvl.flare.datasets import FLARE_DATASETS
+from qwenvl.flare.tasks.box_prompt import GRID_SENTENCE
 
 SPS = 2
 
@@ -173,7 +174,7 @@ def test_structure_errors(private):
     ]
 
 
-def test_train_val_leak_is_a_warning(private, capsys):
+def test_train_val_leak_is_a_warning_per_record_naming_dataset_split_and_image(private, capsys):
     train = _load(private / "neojaundice_train.json")
     val = _load(private / "neojaundice_val.json")
     leaked = Path(val[0]["image"][1])
@@ -181,12 +182,66 @@ def test_train_val_leak_is_a_warning(private, capsys):
     report = validate(private)
     assert report["ok"] is True and report["n_errors"] == 0
     [warning] = report["warnings"]
-    assert (warning["file"], warning["check"]) == ("neojaundice_val.json", "train_val_leak")
-    assert warning["detail"].startswith("1 image(s) of neojaundice_val.json are byte-identical to images of")
-    assert str(leaked) in warning["detail"]
+    assert (warning["file"], warning["index"], warning["check"]) == (
+        "neojaundice_val.json",
+        0,
+        "train_val_leak",
+    )
+    assert (warning["dataset"], warning["split"]) == ("neojaundice", "val")
+    assert warning["image_name"] == val[0]["meta"]["image_name"]
+    assert warning["detail"] == (
+        f"image {leaked} is byte-identical to {train[1]['image'][0]} of neojaundice_train.json "
+        f"(record 1, ImageName {json.dumps(train[1]['meta']['image_name'])})"
+    )
     assert report["files"]["neojaundice_val.json"]["warnings"] == 1
+    assert report["warning_counts"] == {"train_val_leak": 1}
     assert cli.main(["--input_dir", str(private)]) == 0
-    assert "train_val_leak" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"neojaundice_val.json[0] {json.dumps(val[0]['meta']['image_name'])} train_val_leak" in out
+
+
+def test_leaks_are_grouped_by_image(private):
+    """Two val records showing the same leaked image are both named (any split must group by image)."""
+    train = _load(private / "BUSI-det_train.json")
+    val = _load(private / "BUSI-det_val.json")
+    shutil.copyfile(train[0]["image"], val[1]["image"])
+    second = {**val[1], "conversations": [dict(t) for t in val[1]["conversations"]]}
+    second["meta"] = {**val[1]["meta"], "question": "Another question about the same image?"}
+    second["conversations"][0]["value"] = "<image>\n" + second["meta"]["question"] + " " + GRID_SENTENCE
+    _dump(private / "BUSI-det_val.json", val + [second])
+    report = validate(private)
+    assert report["ok"], report["errors"]
+    assert [(w["file"], w["index"], w["check"]) for w in report["warnings"]] == [
+        ("BUSI-det_val.json", 1, "train_val_leak"),
+        ("BUSI-det_val.json", SPS, "train_val_leak"),
+    ]
+
+
+def test_noisy_answers_and_stale_prompts_are_warnings(private):
+    records = _load(private / "neojaundice_train.json")
+    records[0]["conversations"][1]["value"] = "T"
+    records[1]["conversations"][1]["value"] = "A B"
+    _dump(private / "neojaundice_train.json", records)
+    busi = _load(private / "BUSI-det_train.json")
+    busi[0]["conversations"][0]["value"] = (
+        "<image>\n" + busi[0]["meta"]["question"]
+    )  # as converted before the rule
+    _dump(private / "BUSI-det_train.json", busi)
+    report = validate(private)
+    assert report["ok"] is True
+    got = [(w["file"], w["index"], w["check"], w["dataset"], w["split"]) for w in report["warnings"]]
+    assert got == [
+        ("BUSI-det_train.json", 0, "prompt_mismatch", "BUSI-det", "train"),
+        ("neojaundice_train.json", 0, "answer_not_an_option", "neojaundice", "train"),
+        ("neojaundice_train.json", 1, "several_answers_single_label", "neojaundice", "train"),
+    ]
+    details = {w["check"]: w["detail"] for w in report["warnings"]}
+    assert details["answer_not_an_option"] == "answer 'T' is not one of the offered letters A, B"
+    assert details["several_answers_single_label"] == (
+        "answer 'A B' gives 2 letters on a single-label question (options A, B)"
+    )
+    assert "rule box_grid_rewrite" in details["prompt_mismatch"]
+    assert report["warnings"][1]["image_name"] == records[0]["meta"]["image_name"]
 
 
 def test_cli_exit_codes_and_saved_report(private, tmp_path, capsys):
