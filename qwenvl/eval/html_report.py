@@ -200,6 +200,7 @@ def _header(summary: dict, metrics: dict | None) -> str:
         ("cut at the token budget", summary.get("n_truncated"), bool(summary.get("n_truncated"))),
         ("datasets", len(summary.get("by_dataset", {})), False),
         ("generation s", summary.get("generation_seconds"), False),
+        ("records / s", summary.get("records_per_second"), False),
     ]
     if metrics is not None:
         kpis.append(("missing predictions", metrics.get("n_missing_predictions"), False))
@@ -208,7 +209,7 @@ def _header(summary: dict, metrics: dict | None) -> str:
         for k, v, warn in kpis
         if v is not None
     )
-    shown = ("pixel_limits", "max_new_tokens", "batch_size", "device", "dtype", "records_per_second", "limit")
+    shown = ("pixel_limits", "max_new_tokens", "decoding", "batch_size", "device", "dtype", "limit")
     settings = "".join(
         f"<tr><th>{esc(k)}</th><td class='mono'>{esc(_as_text(summary[k]))}</td></tr>"
         for k in shown
