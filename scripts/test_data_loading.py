@@ -5,17 +5,14 @@ path with the model's processor. Exit status 0 only when every check passes.
         [--model_path Qwen/Qwen3-VL-4B-Instruct | --demo_model] [--model_max_length 4096]
         [--min_pixels 784] [--max_pixels 50176] [--converted_dir DIR]
 
-The logic lives in qwenvl/tools/data_check.py.
+The logic lives in qwenvl/tools/data_check/.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, installed or not
-
-from qwenvl.tools.data_check import main  # noqa: E402
+from qwenvl.tools.data_check import main
 
 if __name__ == "__main__":
     sys.exit(main())
