@@ -16,6 +16,7 @@ from qwenvl.bench import (
     run_benchmark,
 )
 from qwenvl.bench.runner import STARTER_DATASETS
+from qwenvl.flare import defaults
 
 DOC = r"""Benchmark training configurations on the same registered data: the guide's (batch 1, padded, accumulation
 16) against padding-free packing and LoRA. Writes JSON and a Markdown table beside it, prints the table.
@@ -62,9 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--packing_max_tokens", type=int, default=None, help="pack budget (default model_max_length)"
     )
-    p.add_argument("--model_max_length", type=int, default=4096)
-    p.add_argument("--max_pixels", type=int, default=50176)
-    p.add_argument("--min_pixels", type=int, default=784)
+    p.add_argument("--model_max_length", type=int, default=defaults.MODEL_MAX_LENGTH)
+    p.add_argument("--max_pixels", type=int, default=defaults.MAX_PIXELS)
+    p.add_argument("--min_pixels", type=int, default=defaults.MIN_PIXELS)
     p.add_argument("--gradient_checkpointing", type=_bool, default=True)
     p.add_argument("--attn_implementation", default="sdpa", help="sdpa or flash_attention_2 (if installed)")
     p.add_argument("--dataloader_workers", type=int, default=0)
