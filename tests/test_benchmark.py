@@ -18,7 +18,7 @@ from qwenvl.bench.configs import (
     parse_config_names,
     projections,
 )
-from qwenvl.bench.memory import ModelSizes, activation_gb, fits, strategy_table
+from qwenvl.bench.memory import ModelSizes, activation_gb, fits, model_sizes, strategy_table
 
 FIELDS = (
     "samples_per_s",
@@ -63,8 +63,9 @@ def test_projections_and_durations() -> None:
 
 
 def test_memory_arithmetic_of_the_4b_model() -> None:
-    # configs/qwen3_vl_4b counted on the meta device (see qwenvl.bench.memory.model_sizes).
-    sizes = ModelSizes(
+    # configs/qwen3_vl_4b counted on the meta device by the function the README's memory table comes from.
+    sizes = model_sizes(Path(__file__).parents[1] / "configs" / "qwen3_vl_4b")
+    assert sizes == ModelSizes(
         total=4_437_815_808,
         vision=306_242_560,
         merger=109_105_152,
@@ -75,6 +76,7 @@ def test_memory_arithmetic_of_the_4b_model() -> None:
         intermediate=9728,
         layers=36,
     )
+    assert sizes.vision + sizes.merger + sizes.llm == sizes.total
     assert round(2 * sizes.total / 1e9, 2) == 8.88  # bf16 weights
     assert round(12 * sizes.total / 1e9, 1) == 53.3  # fp32 master + Adam moments of every parameter
     # Checkpointed activations of a 4096-token row: 36 layer inputs + one layer recomputed.

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 import transformers
 
+from qwenvl.model.attention import select_attn_implementation
+
 # model_type in config.json -> transformers class name.
 MODEL_CLASSES: dict[str, str] = {
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
@@ -130,7 +132,8 @@ def load_model(
     """Load a Qwen-VL model; the class comes from ``config.model_type``.
 
     ``dtype``: a torch dtype, ``"bf16"``-style string or ``"auto"`` (None: transformers' default).
-    ``attn_implementation``: ``"sdpa"``, ``"flash_attention_2"``, ``"eager"``... (None: transformers' default).
+    ``attn_implementation``: ``"sdpa"``, ``"flash_attention_2"``, ``"sdpa_packed"``, ``"eager"``, ``"auto"`` (the
+    best installed one, :func:`qwenvl.model.attention.select_attn_implementation`)... (None: transformers' default).
     Other keyword arguments go to ``from_pretrained`` (``device_map``, ``revision``, ``local_files_only``...).
     ``trust_remote_code`` is refused: every supported architecture ships with transformers.
     """
@@ -144,7 +147,7 @@ def load_model(
     if dtype is not None:
         kw["dtype"] = resolve_dtype(dtype)
     if attn_implementation is not None:
-        kw["attn_implementation"] = attn_implementation
+        kw["attn_implementation"] = select_attn_implementation(attn_implementation)
     return cls.from_pretrained(str(Path(name_or_path).expanduser()), config=config, **kw)
 
 
@@ -167,7 +170,7 @@ def build_random_model(
     cls = model_class_for(config.model_type)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = select_attn_implementation(attn_implementation)
     with torch.device(device):
         model = cls._from_config(config, **kwargs)
     if model.dtype != torch_dtype:  # transformers versions that ignore the dtype keyword here
