@@ -54,6 +54,7 @@ SEED=${SEED:-42}
 DEEPSPEED=${DEEPSPEED:-configs/zero3_offload.json}   # "none" trains without DeepSpeed
 REPORT_TO=${REPORT_TO:-wandb}                         # wandb | tensorboard | none
 DATA_FLATTEN=${DATA_FLATTEN:-False}                   # True: padding-free packing (BATCH_SIZE counts packs)
+ATTN_IMPL=${ATTN_IMPL:-auto}                          # auto | flash_attention_2 | sdpa_packed | sdpa | eager
 PACKING_MAX_TOKENS=${PACKING_MAX_TOKENS:-}            # pack budget (default: MAX_LENGTH)
 LORA_ENABLE=${LORA_ENABLE:-False}                     # True: LoRA adapters on the LLM (24 GB GPUs: DEEPSPEED=none)
 LORA_R=${LORA_R:-64}
@@ -92,6 +93,7 @@ args=(
     --seed "$SEED" --data_seed "$SEED"
     --report_to "$REPORT_TO"
     --data_flatten "$DATA_FLATTEN"
+    --attn_implementation "$ATTN_IMPL"
 )
 [ -n "$PACKING_MAX_TOKENS" ] && args+=(--packing_max_tokens "$PACKING_MAX_TOKENS")
 [ "$LORA_ENABLE" = True ] && args+=(--lora_enable True --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA"

@@ -55,8 +55,11 @@ class ModelArguments:
         default=True, metadata={"help": "Train the language model (embeddings, layers, head)."}
     )
     attn_implementation: str | None = field(
-        default=None,
-        metadata={"help": "sdpa (default), flash_attention_2 (if installed) or eager."},
+        default="auto",
+        metadata={
+            "help": "auto (default: flash_attention_2 if installed, else sdpa_packed = packed rows without an "
+            "LxL mask), flash_attention_2, sdpa_packed, sdpa or eager."
+        },
     )
 
 

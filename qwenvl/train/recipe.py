@@ -237,6 +237,9 @@ class TrainingRecipe:
         self.train_dataset, self.eval_dataset, self.generation_records = self.setup_data()
         self.run_info = self.record_run()
         self.model = self.setup_model()
+        # the attention actually used (--attn_implementation auto resolves by what is installed)
+        self.run_info["attn_implementation"] = getattr(self.model.config, "_attn_implementation", None)
+        logger.info("Attention implementation: %s", self.run_info["attn_implementation"])
         self.trainer = self.build_trainer()
         self.setup_callbacks()
         lrs = getattr(self.trainer, "group_lrs", None)
@@ -287,6 +290,9 @@ class TrainingRecipe:
             raise RecipeError(e.args[0] if e.args else str(e)) from e
         if len(train) == 0:
             raise RecipeError("no training sample left after the checks; see the report above")
+        for dataset in (train, evaluation):
+            if dataset is not None:  # a record that fails at training time is named in the run's log
+                dataset.skip_markers = True
         return train, evaluation, records
 
     def record_run(self) -> dict[str, Any]:
