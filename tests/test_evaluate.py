@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from qwenvl.data.processing import record_to_messages, render_text
 from qwenvl.eval.callback import (
@@ -117,14 +118,47 @@ def test_dataset_names_resolve_to_the_split(registry_at, demo_converted):
 
 
 # ------------------------------------------------------------------------------------------ generation
-def test_batched_generation_equals_one_by_one(registry_at, demo_converted, tiny_generation):
+def _first_step_logits(generator: BatchGenerator, records: list[dict], monkeypatch) -> torch.Tensor:
+    """The logits of each record's first new token, captured from the generator's own ``generate`` calls
+    (one row per record, in input order: every record has the same budget here)."""
+    model, captured = generator.model, []
+    generate = model.generate
+
+    def capturing(**kwargs):
+        out = generate(**kwargs, output_logits=True, return_dict_in_generate=True)
+        captured.append(out.logits[0])
+        return out.sequences
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "generate", capturing)
+        generator(records)
+    return torch.cat(captured)
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_one_by_one(registry_at, demo_converted, tiny_generation, monkeypatch):
+    """Left-padded batches see what each record alone sees: the first new token's logits agree, row by row.
+    Logits, not answers: the untrained model writes the same text whatever the image, so equal answers would
+    not show that each row got its own images. The control hands records each other's images."""
     records = _val(registry_at, demo_converted, ["neojaundice", "retino", "IU_XRay", "BUSI-det"])[::5]
     assert len(records) >= 4  # prompts of different lengths, 1 to 3 images
-    batched = BatchGenerator(tiny_generation.model, tiny_generation.processor, 8, 6, progress=False)
-    single = BatchGenerator(tiny_generation.model, tiny_generation.processor, 1, 6, progress=False)
-    out_b, out_s = batched(records), single(records)
-    assert [g.text for g in out_b] == [g.text for g in out_s]
-    assert all(g.n_new_tokens == 6 and not g.finished for g in out_b)  # the untrained model never stops
+    model, processor = tiny_generation.model, tiny_generation.processor
+    batched = _first_step_logits(BatchGenerator(model, processor, 8, 2, progress=False), records, monkeypatch)
+    single = _first_step_logits(BatchGenerator(model, processor, 1, 2, progress=False), records, monkeypatch)
+    assert batched.shape == (len(records), model.config.text_config.vocab_size)
+    gap = (batched - single).abs().max().item()
+    assert gap < 1e-4
+    # Control: the same records with each other's images (same image count, so the prompts stay valid).
+    swapped = [dict(r) for r in records]
+    singles = [i for i, r in enumerate(records) if isinstance(r["image"], str)]
+    assert len(singles) >= 2
+    for i, j in zip(singles, singles[1:] + singles[:1]):
+        swapped[i]["image"] = records[j]["image"]
+    other = _first_step_logits(BatchGenerator(model, processor, 8, 2, progress=False), swapped, monkeypatch)
+    for i in singles:
+        assert (other[i] - batched[i]).abs().max().item() > 100 * max(gap, 1e-6)
+    unchanged = [i for i in range(len(records)) if i not in singles]
+    assert torch.allclose(other[unchanged], batched[unchanged], atol=1e-4)
 
 
 def test_untrained_model_on_demo_val_writes_one_prediction_per_record(
@@ -142,7 +176,9 @@ def test_untrained_model_on_demo_val_writes_one_prediction_per_record(
     ]
     out = tmp_path / "untrained"
     argv = ["--model_path", str(tiny_dir), "--output_dir", str(out), "--datasets", *datasets]
-    rc = _script("evaluate_flare").main([*argv, "--max_new_tokens", "4", "--no_progress", *PIXELS])
+    rc = _script("evaluate_flare").main(
+        [*argv, "--max_new_tokens", "4", "--free_decoding", "--no_progress", *PIXELS]
+    )
     assert rc == 0
     stdout = capsys.readouterr().out
     assert "48 records" in stdout and "### classification" in stdout
@@ -169,6 +205,8 @@ def test_untrained_model_on_demo_val_writes_one_prediction_per_record(
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["pixel_limits"] == {"min_pixels": 1024, "max_pixels": 16384, "source": "argument"}
+    assert summary["decoding"] == "free" and summary["n_new_tokens"] == 48 * 4
+    assert set(summary["max_new_tokens"].values()) == {4}
     assert summary["n_unparsable"] == sum(g["n_unparsable"] for g in metrics["by_task"].values())
     assert metrics["evaluation"]["n_records"] == 48
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -297,7 +335,8 @@ def test_unusable_images_are_counted_failures(registry_at, demo_converted, tiny_
     assert sliver.error.startswith("ValueError") and "aspect ratio" in sliver.error
     assert fine.error is None and fine.n_new_tokens == 2
     counts = result.summary["by_dataset"]["retino"]
-    assert (counts["n"], counts["n_failed"], counts["n_truncated"]) == (3, 2, 1)
+    # The answered record is held to an option letter: "X" + <|im_end|>, within its 2 tokens.
+    assert (counts["n"], counts["n_failed"], counts["n_truncated"]) == (3, 2, 0)
     assert counts["n_unparsable"] >= 2  # failed records count as unparsable too
     assert [f["index"] for f in result.summary["failures"]] == [0, 1]
     assert len(result.predictions) == 3
@@ -350,7 +389,7 @@ def test_infer_cli_prints_an_answer(demo_converted, tiny_dir, capsys):
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("answer: ")
-    assert lines[-1].startswith(("boxes in pixels of", "boxes: none could be read"))
+    assert lines[-1].startswith(("boxes in pixels of", "boxes: none (the answer lists no box)"))
 
 
 def test_infer_converts_grid_boxes_to_pixels_of_the_first_image(demo_converted):
@@ -367,6 +406,14 @@ def test_infer_converts_grid_boxes_to_pixels_of_the_first_image(demo_converted):
     letter = infer_with(lambda recs: ["B"], [record["image"]], "Benign? A. No, B. Yes", "classification")
     assert (letter.parsed, letter.boxes) == ("B", None)
     assert format_result(letter) == "answer: B\nparsed (classification): B"
+    empty = infer_with(lambda recs: ["[]"], [record["image"]], "Detect.", "detection")
+    assert (
+        empty.boxes == [] and format_result(empty).splitlines()[-1] == "boxes: none (the answer lists no box)"
+    )
+    garbled = infer_with(lambda recs: ["[[1, 2"], [record["image"]], "Detect.", "detection")
+    assert garbled.boxes is None and format_result(garbled).endswith(
+        "boxes: none could be read from the answer"
+    )
 
 
 def test_hub_id_offline_gives_the_clear_message(registry_at, demo_converted, tmp_path, capsys):
@@ -417,7 +464,8 @@ def test_documented_usage_code_runs_on_a_checkpoint(tiny_dir, demo_converted, ca
 # ------------------------------------------------------------------------------- metrics in training
 def test_shard_plan_gives_every_rank_the_same_number_of_calls(registry_at, demo_converted):
     records = _val(registry_at, demo_converted, ["retino", "BUSI-det"])[:9]  # 6 classification, 3 detection
-    plans = [shard_plan(records, rank, 2, None) for rank in range(2)]
+    budgets = {"classification": 16, "detection": 256}
+    plans = [shard_plan(records, rank, 2, lambda r: budgets[r["meta"]["task_type"]]) for rank in range(2)]
     assert [len(p) for p in plans] == [5, 5]  # 3 + 2 per rank, one padding slot on rank 1
     kept = sorted(i for p in plans for i, keep in p if keep)
     assert kept == list(range(9))
@@ -457,6 +505,7 @@ def test_generation_eval_callback_logs_every_n_steps(registry_at, demo_converted
     assert {"gen_retino_balanced_accuracy", "gen_BUSI-det_f1", "gen_n_unparsable", "gen_seconds"} <= set(
         logged[0]
     )
+    assert logged[0]["gen_n_unparsable"] == 0.0  # constrained, like evaluation: the untrained model parses
     detail = json.loads((tmp_path / "generation_eval" / "step-2.json").read_text())
     assert len(detail["outputs"]) == 4 and detail["metrics"]["n_gt"] == 4
     with pytest.raises(ValueError, match="labelled validation data"):
@@ -569,7 +618,8 @@ def test_demo_trained_model_beats_the_untrained_one(tiny_dir, registry_at, tmp_p
 
     registry_at(converted)
     evaluate = _script("evaluate_flare").main
-    common = ["--datasets", *CLASSIFICATION_SETS, "--max_new_tokens", "4", "--no_progress"]
+    # Free decoding: whether the trained model writes option letters by itself is what is checked here.
+    common = ["--datasets", *CLASSIFICATION_SETS, "--max_new_tokens", "4", "--no_progress", "--free_decoding"]
     assert (
         evaluate(
             ["--model_path", str(tiny_dir), "--output_dir", str(tmp_path / "untrained"), *common, *PIXELS]

@@ -19,7 +19,10 @@ therefore runs on all ranks at once, each rank answering its share of the subset
 with ``synced_gpus`` so ranks that finish early keep stepping. With parameter offload to CPU each gathered
 forward also copies the whole model over PCIe (about 8 GB for the 4B model in bf16): budget on the order of a
 second per generated token per batch. Keep the subset small (a few records per dataset), classification-heavy,
-and ``max_new_tokens`` short; detection (256 tokens) and chromosome instances (1024 tokens) dominate the cost.
+and ``max_new_tokens`` short; detection and chromosome instances (budgets of hundreds to about 1,700 tokens)
+dominate the cost. Answers are format-constrained like evaluation's (``free_decoding=False``), so a metric
+never drops because an early checkpoint wrote an unparsable answer, and a constrained answer ends as soon as
+its pattern is complete.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from qwenvl.eval.generate import BatchGenerator, Generation, max_new_tokens_for, record_task
+from qwenvl.eval.generate import BatchGenerator, Generation
 from qwenvl.eval.predictions import score_generations
 from qwenvl.flare.tasks import TASKS
 
@@ -92,14 +95,15 @@ def _world() -> tuple[int, int]:
 
 
 def shard_plan(
-    records: Sequence[dict], rank: int, world: int, max_new_tokens: int | None
+    records: Sequence[dict], rank: int, world: int, budget_of: Callable[[dict], int]
 ) -> list[tuple[int, bool]]:
-    """``(record index to feed, keep)`` pairs for this rank: records grouped by token budget in a fixed order,
-    each group dealt round-robin and padded with its first record (``keep=False``) to the same length on every
-    rank, so all ranks make the same number of ``generate`` calls (required under ZeRO-3)."""
+    """``(record index to feed, keep)`` pairs for this rank: records grouped by token budget (``budget_of``,
+    the generator's :meth:`~qwenvl.eval.generate.BatchGenerator.budget_for`) in a fixed order, each group dealt
+    round-robin and padded with its first record (``keep=False``) to the same length on every rank, so all
+    ranks make the same number of ``generate`` calls (required under ZeRO-3)."""
     groups: dict[int, list[int]] = {}
     for i, record in enumerate(records):
-        groups.setdefault(max_new_tokens_for(record_task(record), max_new_tokens), []).append(i)
+        groups.setdefault(budget_of(record), []).append(i)
     plan: list[tuple[int, bool]] = []
     for budget in sorted(groups):
         members = groups[budget]
@@ -116,7 +120,7 @@ def generate_distributed(generator: BatchGenerator, records: Sequence[dict]) -> 
         return list(generator(records))
     import torch.distributed as dist
 
-    plan = shard_plan(records, rank, world, generator.max_new_tokens)
+    plan = shard_plan(records, rank, world, generator.budget_for)
     answers = generator([records[i] for i, _ in plan])
     mine = [(i, g) for (i, keep), g in zip(plan, answers) if keep]
     gathered: list[Any] = [None] * world
@@ -154,7 +158,8 @@ class GenerationEvalCallback(TrainerCallback):
     """Every ``eval_steps`` optimizer steps: generate on ``records`` (a fixed labelled subset), score with the
     FLARE metrics and pass ``gen_*`` values to ``log_fn`` (``trainer.log``: they reach the console, the run's
     train_log.jsonl, TensorBoard / W&B). Rank 0 also writes ``<output_dir>/generation_eval/step-N.json``.
-    Must run on every rank (ZeRO-3); see the module docstring for the cost."""
+    Answers are format-constrained unless ``free_decoding``. Must run on every rank (ZeRO-3); see the module
+    docstring for the cost."""
 
     def __init__(
         self,
@@ -164,6 +169,7 @@ class GenerationEvalCallback(TrainerCallback):
         log_fn: Callable[[dict[str, float]], Any] | None = None,
         batch_size: int = 4,
         max_new_tokens: int | None = None,
+        free_decoding: bool = False,
     ) -> None:
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be at least 1, got {eval_steps}")
@@ -175,12 +181,18 @@ class GenerationEvalCallback(TrainerCallback):
         self.log_fn = log_fn
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.free_decoding = free_decoding
         self.history: list[dict[str, float]] = []
 
     def evaluate(self, model: Any, step: int, output_dir: str | None = None) -> dict[str, float]:
         """Generate, score and return the flat ``gen_*`` metrics (also kept in ``history``)."""
         generator = BatchGenerator(
-            model, self.processor, self.batch_size, self.max_new_tokens, progress=False
+            model,
+            self.processor,
+            self.batch_size,
+            self.max_new_tokens,
+            progress=False,
+            free_decoding=self.free_decoding,
         )
         t0 = time.time()
         generations = generate_distributed(generator, self.records)

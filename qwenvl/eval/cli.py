@@ -63,8 +63,16 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         "--max_new_tokens",
         type=int,
         default=None,
-        help="one budget for every task (default per task: 16 classification/numbers, 64 multi-label, "
-        "256 detection and reports, 1024 chromosome instances)",
+        help="one budget for every record (default: 1.5 x the longest training answer of the dataset's task "
+        "type + 16, in bytes for constrained answers and tokens for free text, where the training split is "
+        "converted; else per task: 16 classification/numbers, 64 multi-label, 256 detection and reports, "
+        "2048 chromosome instances). A constrained answer whose pattern needs more gets more",
+    )
+    p.add_argument(
+        "--free_decoding",
+        action="store_true",
+        help="no format constraint: by default every answer is held to its task type's pattern (an option "
+        "letter, a number, a box list...), so every answer parses; this lets the model write anything",
     )
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate only the first N records of each dataset"
@@ -92,6 +100,7 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         device=a.device,
         attn_implementation=a.attn_implementation,
         progress=not a.no_progress,
+        free_decoding=a.free_decoding,
     )
 
 
@@ -141,6 +150,11 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max_new_tokens", type=int, default=None, help="default: the task's budget (256 without a task)"
     )
+    p.add_argument(
+        "--free_decoding",
+        action="store_true",
+        help="no format constraint (by default a --task_type answer is held to that task's pattern)",
+    )
     p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
     p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
     p.add_argument(
@@ -167,6 +181,7 @@ def infer_main(argv: list[str] | None = None) -> int:
             args.max_pixels,
             args.dtype,
             args.device,
+            free_decoding=args.free_decoding,
         )
     except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -98,6 +98,19 @@ def load_eval_records(names: Sequence[str], limit: int | None = None) -> list[di
     return records
 
 
+def generation_speed(outputs: Sequence[Prediction], seconds: float, stats: Any = None) -> dict[str, Any]:
+    """New tokens generated, milliseconds per new token (prefill included), and the constraint's own cost
+    (``stats``: a :class:`qwenvl.eval.constrained.ConstraintStats`, when the generator keeps one)."""
+    n_tokens = sum(p.n_new_tokens for p in outputs)
+    out: dict[str, Any] = {
+        "n_new_tokens": n_tokens,
+        "ms_per_new_token": round(1000 * seconds / n_tokens, 2) if n_tokens else None,
+    }
+    if stats is not None and hasattr(stats, "as_dict"):
+        out["constraint"] = stats.as_dict()
+    return out
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate_records` produced (the same data as the files it wrote)."""
@@ -140,6 +153,7 @@ def evaluate_records(
         "by_dataset": count_by_dataset(outputs),
         "generation_seconds": round(seconds, 2),
         "records_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
+        **generation_speed(outputs, seconds, getattr(generator, "stats", None)),
         "failures": [{"index": p.index, "dataset": p.dataset, "error": p.error} for p in outputs if p.error][
             :50
         ],
@@ -204,6 +218,7 @@ class EvalOptions:
     device: str | None = None
     attn_implementation: str | None = None
     progress: bool = True
+    free_decoding: bool = False  # no format constraint (constrained decoding is the default)
 
 
 def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> EvaluationResult:
@@ -222,6 +237,7 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
         "datasets": names,
         "limit": options.limit,
         "batch_size": options.batch_size,
+        "decoding": "free" if options.free_decoding else "constrained",
         "max_new_tokens": {
             t: max_new_tokens_for(t, options.max_new_tokens)
             for t in TASK_TYPES
@@ -241,6 +257,12 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
         )
         info.update(pixel_limits=asdict(loaded.pixel_limits), device=loaded.device, dtype=loaded.dtype)
         generator = BatchGenerator(
-            loaded.model, loaded.processor, options.batch_size, options.max_new_tokens, options.progress
+            loaded.model,
+            loaded.processor,
+            options.batch_size,
+            options.max_new_tokens,
+            options.progress,
+            free_decoding=options.free_decoding,
         )
+        info["max_new_tokens"] = generator.budgets(records)  # per dataset/task type, derived from training
     return evaluate_records(records, generator, options.output_dir, info, options.compare)

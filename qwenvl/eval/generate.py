@@ -8,8 +8,10 @@ the tokens the model saw before each answer during training (:func:`build_prompt
 ``run_info.json``, else the processor's saved limits).
 
 Rows are left-padded so every row's answer starts at the same column, the KV cache is on, and decoding is
-greedy. Each task type gets its own token budget (``TaskType.max_new_tokens``); a record whose images cannot
-be loaded yields a :class:`Generation` with ``error`` set instead of stopping the run.
+greedy. Each record gets a token budget, and, unless ``free_decoding``, a format constraint: every answer
+matches its task type's pattern and ends within the budget, so every answer parses
+(:mod:`qwenvl.eval.constrained`). A record whose images cannot be loaded yields a :class:`Generation` with
+``error`` set instead of stopping the run.
 
 Anything with the :data:`Generator` signature (records in, one text or :class:`Generation` per record out, in
 order) can stand in for :class:`BatchGenerator`: tests inject fakes that need no model.
@@ -32,13 +34,20 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from qwenvl.data.processing import record_images, record_to_messages
+from qwenvl.eval.constrained import (  # FALLBACK_MAX_NEW_TOKENS, max_new_tokens_for: re-exported for callers
+    FALLBACK_MAX_NEW_TOKENS,  # noqa: F401
+    AnswerPlanner,
+    ConstraintStats,
+    grammar_cache,
+    max_new_tokens_for,  # noqa: F401
+    model_vocab_size,
+    record_task,
+)
 from qwenvl.flare.images import load_rgb
 from qwenvl.flare.runfiles import RUN_INFO
-from qwenvl.flare.tasks import TASKS, normalize_task_type
+from qwenvl.flare.tasks import normalize_task_type
 
 log = logging.getLogger(__name__)
-
-FALLBACK_MAX_NEW_TOKENS = 256  # a record without a known task type
 
 
 @dataclass
@@ -70,21 +79,6 @@ def as_generation(value: Generation | str) -> Generation:
 
 
 # ---------------------------------------------------------------------------------------------- records
-def record_task(record: dict) -> str | None:
-    """The normalised task type of a converted record (``meta.task_type``), ``None`` when unknown."""
-    meta = record.get("meta")
-    return normalize_task_type(meta.get("task_type")) if isinstance(meta, dict) else None
-
-
-def max_new_tokens_for(task: str | None, override: int | None = None) -> int:
-    """The new-token budget of a task type; ``override`` (a positive int) replaces every task's budget."""
-    if override is not None:
-        if override <= 0:
-            raise ValueError(f"max_new_tokens must be positive, got {override}")
-        return override
-    return TASKS[task].max_new_tokens if task in TASKS else FALLBACK_MAX_NEW_TOKENS
-
-
 def build_prompt(record: dict, processor: Any) -> str:
     """The generation prompt of a converted record: the chat-template text of ``record_to_messages(record)``
     without its final assistant message, ending with the ``<|im_start|>assistant\\n`` header.
@@ -113,15 +107,23 @@ def load_record_images(record: dict) -> list[Image.Image]:
     return [load_rgb(resolve_record_image(p, record)) for p in record_images(record)]
 
 
-def make_record(images: Sequence[str | os.PathLike], question: str, task_type: str | None = None) -> dict:
+def make_record(
+    images: Sequence[str | os.PathLike],
+    question: str,
+    task_type: str | None = None,
+    box_format: str | None = None,
+) -> dict:
     """A converted-format record for an ad-hoc question (one ``<image>`` tag per image, empty answer), so
-    ad-hoc inference goes through the same prompt rendering as evaluation."""
+    ad-hoc inference goes through the same prompt rendering and answer constraint as evaluation."""
     paths = [str(Path(p).expanduser().resolve()) for p in images]
     value = "<image>\n" * len(paths) + question
+    meta = {"task_type": normalize_task_type(task_type) if task_type else None, "question": question}
+    if box_format:
+        meta["box_format"] = box_format
     return {
         "image": paths[0] if len(paths) == 1 else paths,
         "conversations": [{"from": "human", "value": value}, {"from": "gpt", "value": ""}],
-        "meta": {"task_type": normalize_task_type(task_type) if task_type else None, "question": question},
+        "meta": meta,
     }
 
 
@@ -213,9 +215,11 @@ class BatchGenerator:
     """Greedy, batched, left-padded generation with a Qwen-VL model and its processor.
 
     ``generator(records)`` returns one :class:`Generation` per record, in order. Records are batched by
-    task type (one token budget per batch) in their input order. ``max_new_tokens`` overrides every task's
-    budget. ``synced_gpus`` (ZeRO-3 with several ranks): every rank keeps stepping until all are done; all
-    ranks must then call the generator together with the same number of batches.
+    token budget (:meth:`budget_for`) in their input order. ``max_new_tokens`` overrides every record's
+    budget. Unless ``free_decoding``, every answer is held to its task type's pattern
+    (:mod:`qwenvl.eval.constrained`); ``stats`` collects the time that costs. ``synced_gpus`` (ZeRO-3 with
+    several ranks): every rank keeps stepping until all are done; all ranks must then call the generator
+    together with the same number of batches.
     """
 
     def __init__(
@@ -226,6 +230,7 @@ class BatchGenerator:
         max_new_tokens: int | None = None,
         progress: bool = True,
         synced_gpus: bool | None = None,
+        free_decoding: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -235,13 +240,29 @@ class BatchGenerator:
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.synced_gpus = synced_gpus
+        self.free_decoding = free_decoding
         self.eos_ids = _eos_ids(model, processor)
+        self.planner = AnswerPlanner(processor.tokenizer, max_new_tokens, free_decoding)
+        self.stats = ConstraintStats()
+
+    def budget_for(self, record: dict) -> int:
+        """The record's new-token budget: the argument, else derived from its dataset's training answers,
+        else its task type's default (:class:`~qwenvl.eval.constrained.AnswerPlanner`)."""
+        return self.planner.budget_for(record)
+
+    def budgets(self, records: Sequence[dict]) -> dict[str, int]:
+        """``{"<dataset>/<task type>": budget}`` over ``records`` (what ``summary.json`` reports)."""
+        out: dict[str, int] = {}
+        for record in records:
+            meta = record.get("meta") or {}
+            out.setdefault(f"{meta.get('dataset', '?')}/{record_task(record)}", self.budget_for(record))
+        return out
 
     def __call__(self, records: Sequence[dict]) -> list[Generation]:
         out: list[Generation | None] = [None] * len(records)
         groups: dict[int, list[int]] = {}
         for i, record in enumerate(records):
-            groups.setdefault(max_new_tokens_for(record_task(record), self.max_new_tokens), []).append(i)
+            groups.setdefault(self.budget_for(record), []).append(i)
         with tqdm(total=len(records), desc="generating", unit="rec", disable=not self.progress) as bar:
             for budget, indices in groups.items():
                 for start in range(0, len(indices), self.batch_size):
@@ -261,6 +282,16 @@ class BatchGenerator:
                 out.append(_failure(exc))
         return out
 
+    def _constraint(self, records: Sequence[dict]) -> Any:
+        """A fresh logits processor holding each record to its pattern (fitted to the record's own budget,
+        :meth:`budget_for`), ``None`` when none has one."""
+        patterns = [self.planner.plan(record).pattern for record in records]
+        if all(p is None for p in patterns):
+            return None
+        stop = tuple(sorted(self.eos_ids))
+        cache = grammar_cache(self.processor.tokenizer, model_vocab_size(self.model), stop)
+        return cache.logits_processor(patterns, self.stats)
+
     def _encode(self, items: Sequence[tuple[str, list[Image.Image]]]) -> dict[str, Any]:
         """Left-padded model inputs for ``(prompt, images)`` items (raises ``ValueError`` for an image the
         processor refuses, e.g. one more elongated than 200:1)."""
@@ -279,7 +310,9 @@ class BatchGenerator:
     @torch.no_grad()
     def generate_batch(self, records: Sequence[dict], max_new_tokens: int) -> list[Generation]:
         """One padded batch through ``model.generate``. A record whose images do not load, or that the
-        processor refuses, gets an error entry; the others are answered."""
+        processor refuses, gets an error entry; the others are answered. ``max_new_tokens`` should be at
+        least each record's :meth:`budget_for` (what :meth:`__call__` passes), or a constrained answer may
+        be cut."""
         inputs: list[Any] = self._inputs(records)
         ready = [x for x in inputs if not isinstance(x, Generation)]
         try:
@@ -288,17 +321,26 @@ class BatchGenerator:
             inputs = [x if isinstance(x, Generation) else (self._refused(x) or x) for x in inputs]
             ready = [x for x in inputs if not isinstance(x, Generation)]
             batch = self._encode(ready) if ready else None
-        answers = iter(self._generate(batch, max_new_tokens) if batch is not None else [])
+        answered = [r for r, x in zip(records, inputs) if not isinstance(x, Generation)]
+        constraint = self._constraint(answered) if batch is not None else None
+        answers = iter(self._generate(batch, max_new_tokens, constraint) if batch is not None else [])
         return [x if isinstance(x, Generation) else next(answers) for x in inputs]
 
-    def _generate(self, batch: dict[str, Any], max_new_tokens: int) -> list[Generation]:
+    def _generate(
+        self, batch: dict[str, Any], max_new_tokens: int, constraint: Any = None
+    ) -> list[Generation]:
+        from transformers import LogitsProcessorList
+
         device = next(self.model.parameters()).device
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         config = greedy_config(self.model, max_new_tokens, self.processor.tokenizer.pad_token_id)
+        processors = LogitsProcessorList([constraint] if constraint is not None else [])
         was_training = self.model.training
         self.model.eval()
         try:
-            output = self.model.generate(**batch, generation_config=config, synced_gpus=self.synced_gpus)
+            output = self.model.generate(
+                **batch, generation_config=config, logits_processor=processors, synced_gpus=self.synced_gpus
+            )
         finally:
             self.model.train(was_training)
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()

@@ -38,11 +38,13 @@ class InferenceResult:
 
 
 def answer_boxes(text: str, task_type: str | None) -> Any:
-    """Boxes in an answer as written: per the task type for box tasks, else any bracketed four-number boxes
-    (``None`` when there are none)."""
+    """Boxes in an answer as written: per the task type for box tasks (``[]`` / ``{}`` when the answer lists
+    none, ``None`` when it does not parse), else any bracketed four-number boxes (``None`` when there are
+    none)."""
     task = TASKS.get(task_type or "")
-    boxes = task.parse(text) if task is not None and task.has_boxes else parse_boxes(text)
-    return boxes or None
+    if task is not None and task.has_boxes:
+        return task.parse(text)
+    return parse_boxes(text) or None
 
 
 def boxes_in_pixels(boxes: Any, size: tuple[int, int], box_format: str) -> Any:
@@ -71,7 +73,7 @@ def infer_with(
     for image in images:
         if not Path(image).expanduser().is_file():
             raise FileNotFoundError(f"image not found: {image}")
-    record = make_record(images, question, task)
+    record = make_record(images, question, task, box_format)
     generation = as_generation(generator([record])[0])
     first = str(Path(images[0]).expanduser())
     size = read_image_size(first)
@@ -92,7 +94,9 @@ def format_result(result: InferenceResult, box_format: str = BOX_QWEN1000) -> st
         lines.append(
             f"parsed ({result.task_type}): {result.parsed if result.parsed is not None else 'unparsable'}"
         )
-    if result.boxes is not None:
+    if result.boxes is not None and not result.boxes:
+        lines.append("boxes: none (the answer lists no box)")
+    elif result.boxes is not None:
         w, h = result.image_size
         unit = f"0-{GRID} grid -> pixels" if box_format == BOX_QWEN1000 else "pixels as written"
         lines.append(f"boxes in pixels of {result.image} ({w}x{h}, {unit}): {result.boxes}")
@@ -112,10 +116,14 @@ def infer(
     max_pixels: int | None = None,
     dtype: str | None = None,
     device: str | None = None,
+    free_decoding: bool = False,
 ) -> InferenceResult:
-    """Load ``model_path`` (its processor and training pixel limits) and answer one question."""
+    """Load ``model_path`` (its processor and training pixel limits) and answer one question; with a
+    ``task_type`` the answer is held to that task's pattern unless ``free_decoding``."""
     from qwenvl.eval.generate import BatchGenerator, load_for_generation
 
     loaded = load_for_generation(model_path, min_pixels, max_pixels, dtype, device)
-    generator = BatchGenerator(loaded.model, loaded.processor, 1, max_new_tokens, progress=False)
+    generator = BatchGenerator(
+        loaded.model, loaded.processor, 1, max_new_tokens, progress=False, free_decoding=free_decoding
+    )
     return infer_with(generator, images, question, task_type, box_format)

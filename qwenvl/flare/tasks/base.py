@@ -14,7 +14,11 @@ from typing import Any, ClassVar
 
 from qwenvl.flare.answers import tidy_number
 from qwenvl.flare.metrics import mae_metrics
-from qwenvl.flare.parsing import clean_text, parse_number
+from qwenvl.flare.parsing import clean_text, parse_number, parse_options
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints
+from qwenvl.flare.schema import PROMPT_VERBATIM
+
+FALLBACK_TEXT = "No abnormality detected."  # TaskType.fallback_answer of a free-text task without options
 
 
 class TaskType:
@@ -41,6 +45,24 @@ class TaskType:
         (the converted-file validator asks this). Default: any text is."""
         return None
 
+    def raw_answer_problem(self, answer: Any, question: str | None) -> tuple[str, str] | None:
+        """Known noise in a labelled raw answer that :meth:`target` accepts: ``(reason, detail)`` with a
+        reason of :data:`qwenvl.flare.schema.NOISE_REASONS` (the converter skips such a record unless
+        ``--keep_noisy``; the validator warns), or ``None``. Default: no noise is known."""
+        return None
+
+    # ------------------------------------------------------------------- the prompt (question -> model text)
+    def prompt(self, question: str, box_format: str | None) -> str:
+        """The text the model is shown for a raw ``question`` whose answers use ``box_format``: the converted
+        record's human turn (training, evaluation) and the submission's prompt of a raw test question.
+        Default: the question verbatim."""
+        return question
+
+    def prompt_rule(self, question: str, box_format: str | None) -> str:
+        """The name of the rule :meth:`prompt` applies to ``question`` (``meta.prompt_rule``, counted in the
+        conversion report): :data:`PROMPT_VERBATIM` when the question is shown as written."""
+        return PROMPT_VERBATIM
+
     # ---------------------------------------------------------------- reading answers (tolerant, None = bad)
     def parse(self, answer: object, question: str | None = None) -> Any:
         """The normalised value of a model (or prediction) answer, ``None`` when unparsable. ``question``
@@ -51,11 +73,37 @@ class TaskType:
         """The normalised value of a ground-truth answer (by default read like a model answer)."""
         return self.parse(answer, question)
 
+    # -------------------------------------------------------------------------- the decoding constraint
+    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
+        """What the training targets ``targets`` (converted answers of one dataset) and their ``questions``
+        say about the answers' form, for :meth:`answer_pattern`. Default: nothing."""
+        return AnswerHints(n_answers=len(targets))
+
+    def answer_pattern(
+        self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None
+    ) -> str | None:
+        """A bounded regular expression, as a plain string (the syntax of :mod:`qwenvl.flare.patterns`), that
+        every answer to ``question`` must match in full: it accepts the form of this task's training targets
+        (:meth:`target`) and nothing :meth:`parse` rejects; ``None`` = free text. ``max_bytes``: the room an
+        answer has in UTF-8 bytes (its token budget less the end-of-turn token); repetitions (boxes, labels,
+        digits) are bounded to fit it, but never below what the training answers in ``hints`` need, so a
+        pattern may be longer: the caller then raises the budget to the longest match
+        (:func:`qwenvl.flare.patterns.longest_match_bytes`), and no answer is cut at the budget."""
+        return None
+
     # -------------------------------------------------------------------- writing the challenge answer
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         """The challenge ``Answer`` for a parsed model answer ``value`` (never ``None``) of model text
         ``text`` on the converted record whose ``meta`` is given. Default: the model's own wording."""
         return clean_text(text)
+
+    def fallback_answer(self, question: str | None) -> Any:
+        """A well-formed challenge ``Answer`` (one :meth:`parse` reads) for when the model gave none that
+        parses, or could not see the image: the organisers' scorer must read every answer (one non-number
+        makes a task's MAE infinite). Default: the first option letter the question offers, else a neutral
+        sentence (a label set, a report)."""
+        options = parse_options(question)
+        return next(iter(options)) if options else FALLBACK_TEXT
 
     # ------------------------------------------------------------------------------------------- scoring
     def metrics(
@@ -83,6 +131,9 @@ class NumericTask(TaskType):
 
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         return tidy_number(value)
+
+    def fallback_answer(self, question: str | None) -> Any:
+        return 0
 
     def metrics(
         self, gts: Sequence[Any], preds: Sequence[Any], green: Sequence[float | None] | None = None

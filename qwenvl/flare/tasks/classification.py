@@ -9,6 +9,8 @@ from typing import Any
 from qwenvl.flare import metrics as M
 from qwenvl.flare.answers import answer_text
 from qwenvl.flare.parsing import clean_text, collapse, parse_options
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints
+from qwenvl.flare.schema import SKIP_NOT_AN_OPTION, SKIP_SEVERAL_ANSWERS
 from qwenvl.flare.tasks.base import TaskType
 
 # A letter used as an answer: wrapped in (), [] or followed by ")", or followed by . , ; : ! " - ", a line
@@ -108,6 +110,27 @@ def normalize_classification_gt(answer: object, options: dict[str, str] | None =
     return text or None
 
 
+def raw_letter_problem(answer: object, options: dict[str, str]) -> tuple[str, str] | None:
+    """Known noise of a labelled single-label answer, ``(reason, detail)``, or ``None``: several letters
+    (``A B``, ``A, C``: :data:`~qwenvl.flare.schema.SKIP_SEVERAL_ANSWERS`) or an answer that is no letter the
+    question offers (``T`` for Tumor, an option's text: :data:`~qwenvl.flare.schema.SKIP_NOT_AN_OPTION`). A
+    single offered letter, in any case and maybe wrapped (``b``, ``(B)``, ``B.``), is clean. Without options
+    in the question nothing can be judged (``None``)."""
+    if not options:
+        return None
+    text = " ".join(str(answer).split())
+    offered = ", ".join(options)
+    m = _BARE_LETTER_RE.fullmatch(text)
+    if m and m.group(1).upper() in options:
+        return None
+    pieces = [p for p in re.split(r"[\s,;/&+]+", text) if p]
+    if len(pieces) > 1 and all(_BARE_LETTER_RE.fullmatch(p) for p in pieces):
+        return SKIP_SEVERAL_ANSWERS, (
+            f"answer {text!r} gives {len(pieces)} letters on a single-label question (options {offered})"
+        )
+    return SKIP_NOT_AN_OPTION, f"answer {text!r} is not one of the offered letters {offered}"
+
+
 class Classification(TaskType):
     name = "classification"
     metric_columns = ("balanced_accuracy", "accuracy")
@@ -117,6 +140,21 @@ class Classification(TaskType):
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
         return answer_text(answer)
 
+    def raw_answer_problem(self, answer: Any, question: str | None) -> tuple[str, str] | None:
+        return raw_letter_problem(answer, parse_options(question))
+
+    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
+        letters = sorted({t.strip() for t in targets if re.fullmatch(r"[A-Z]", t.strip())})
+        return AnswerHints(labels=tuple(letters), n_answers=len(targets))
+
+    def answer_pattern(
+        self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None
+    ) -> str | None:
+        """Exactly one option letter: those the question offers, else those the training answers use, else
+        any capital letter."""
+        letters = list(parse_options(question)) or list(hints.labels) or ["A-Z"]
+        return "[" + "".join(letters) + "]"
+
     def parse(self, answer: object, question: str | None = None) -> str | None:
         return parse_classification(answer, parse_options(question))
 
@@ -125,6 +163,9 @@ class Classification(TaskType):
 
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         return value  # the option letter
+
+    def fallback_answer(self, question: str | None) -> Any:
+        return next(iter(parse_options(question)), "A")  # the first option offered
 
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return {"balanced_accuracy": M.balanced_accuracy(gts, preds), "accuracy": M.accuracy(gts, preds)}

@@ -9,7 +9,9 @@ from qwenvl.flare import metrics as M
 from qwenvl.flare.answers import boxes_target, read_box_list, read_literal, target_boxes_problem
 from qwenvl.flare.boxes import format_boxes, record_boxes_to_pixels
 from qwenvl.flare.parsing import parse_boxes
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints, box, box_list, most_repeats, number_widths
 from qwenvl.flare.tasks.base import TaskType
+from qwenvl.flare.tasks.box_prompt import grid_prompt
 
 
 class Detection(TaskType):
@@ -17,6 +19,8 @@ class Detection(TaskType):
     metric_columns = ("f1", "precision", "recall", "tp", "fp", "fn")
     main_metric = "f1"
     max_new_tokens = 256  # about 20 tokens a box
+    max_boxes = 100  # the most boxes a constrained answer may hold, whatever the budget
+    min_boxes = 4  # boxes a constrained answer may always hold (twice the training answers' most, if more)
     has_boxes = True
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
@@ -25,11 +29,40 @@ class Detection(TaskType):
     def target_problem(self, answer: str, box_format: str | None) -> str | None:
         return target_boxes_problem(self.name, answer, box_format, by_instance=False)
 
+    def prompt(self, question: str, box_format: str | None) -> str:
+        return grid_prompt(question, box_format)[0]
+
+    def prompt_rule(self, question: str, box_format: str | None) -> str:
+        return grid_prompt(question, box_format)[1]
+
+    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
+        digits, decimals = number_widths(targets)
+        counts = [len(b) for b in (parse_boxes(t) for t in targets) if b is not None]
+        return AnswerHints(
+            max_items=max(counts, default=0), max_digits=digits, max_decimals=decimals, n_answers=len(targets)
+        )
+
+    def answer_pattern(
+        self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None
+    ) -> str | None:
+        """A JSON list of ``[x1, y1, x2, y2]`` boxes (integers on the 0-1000 grid, or pixels for a dataset
+        converted with ``--box_format pixel``), ``[]`` included, with as many boxes as fit ``max_bytes``,
+        but at least twice as many as a training answer holds and :attr:`min_boxes` when there are training
+        answers (an image may show more than the training images did), and at most :attr:`max_boxes`."""
+        one = box(hints)
+        room = max_bytes if max_bytes is not None else 10**9
+        n = most_repeats(room, 2, one.longest, 2, self.max_boxes)
+        floor = max(2 * hints.max_items, self.min_boxes) if hints.n_answers else 0
+        return box_list(one, max(n, min(floor, self.max_boxes))).text
+
     def parse(self, answer: object, question: str | None = None) -> list | None:
         return parse_boxes(answer)
 
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         return format_boxes(record_boxes_to_pixels(value, meta))
+
+    def fallback_answer(self, question: str | None) -> Any:
+        return "[]"  # no box: costs recall, never a parse failure
 
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return M.detection_f1(gts, preds)

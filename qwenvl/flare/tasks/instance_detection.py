@@ -3,6 +3,7 @@ scored by F1 per instance id at IoU >= 0.5."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,14 +11,45 @@ from qwenvl.flare import metrics as M
 from qwenvl.flare.answers import boxes_target, read_instance_boxes, read_literal, target_boxes_problem
 from qwenvl.flare.boxes import format_boxes, record_boxes_to_pixels
 from qwenvl.flare.parsing import parse_instances
+from qwenvl.flare.patterns import (
+    NO_HINTS,
+    SEP,
+    AnswerHints,
+    Rx,
+    alt,
+    box,
+    box_list,
+    item_order,
+    joined,
+    lit,
+    most_repeats,
+    number_widths,
+    opt,
+    ordered_subset,
+    seq,
+)
 from qwenvl.flare.tasks.base import TaskType
+from qwenvl.flare.tasks.box_prompt import grid_prompt
+
+# An instance id the model makes up when the training answers name none: a quoted short name.
+_FREE_ID = Rx('"[0-9A-Za-z_-]{1,8}"', 3, 10)
+
+
+def _instances(entries: Rx | None) -> Rx:
+    """``{}`` or ``{entries}`` (only ``{}`` when ``entries`` is ``None``)."""
+    return seq(lit("{"), opt(entries), lit("}")) if entries is not None else lit("{}")
 
 
 class InstanceDetection(TaskType):
     name = "instance_detection"
     metric_columns = ("f1", "precision", "recall", "tp", "fp", "fn")
     main_metric = "f1"
-    max_new_tokens = 1024  # a karyotype holds dozens of boxes
+    # A 46-chromosome karyotype is about 1,100 tokens; held to the pattern with ids it does not know (no
+    # converted training answers), up to 24 ids of 2 boxes take up to 1,600 bytes.
+    max_new_tokens = 2048
+    max_instances = 64  # the most ids a constrained answer may hold when the training ids are unknown
+    max_boxes_per_instance = 8  # the most boxes of one id in a constrained answer
+    default_boxes_per_instance = 2  # boxes per id when no training answer says (a chromosome pair)
     has_boxes = True
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
@@ -26,11 +58,61 @@ class InstanceDetection(TaskType):
     def target_problem(self, answer: str, box_format: str | None) -> str | None:
         return target_boxes_problem(self.name, answer, box_format, by_instance=True)
 
+    def prompt(self, question: str, box_format: str | None) -> str:
+        return grid_prompt(question, box_format)[0]
+
+    def prompt_rule(self, question: str, box_format: str | None) -> str:
+        return grid_prompt(question, box_format)[1]
+
+    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
+        answers = [v for v in (parse_instances(t) for t in targets) if v is not None]
+        ids, ordered = item_order([list(a) for a in answers])
+        digits, decimals = number_widths(targets)
+        return AnswerHints(
+            labels=ids,
+            ordered=ordered,
+            separator=", ",
+            max_items=max((len(v) for a in answers for v in a.values()), default=0),
+            max_digits=digits,
+            max_decimals=decimals,
+            n_answers=len(targets),
+        )
+
+    def answer_pattern(
+        self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None
+    ) -> str | None:
+        """A JSON object from instance id to a box list (``{}`` included). With the training answers' ids in
+        one order: each id at most once, in that order, with as many boxes per id as fit ``max_bytes`` but
+        at least one more than a training answer gives one id. Otherwise: the training ids (or made-up short
+        ids) in any order, each with up to one box more than a training answer gives one id (2 without
+        training answers), as many entries as fit but at least one per training id (ids may then repeat)."""
+        one = box(hints)
+        room = max_bytes if max_bytes is not None else 10**9
+        cap_k = self.max_boxes_per_instance
+        floor_k = min(hints.max_items + 1, cap_k) if hints.n_answers else 0
+        ids = [lit(json.dumps(i) + ": ") for i in hints.labels]
+        if ids and hints.ordered:
+            n = len(ids)
+            fixed = 2 + sum(i.longest for i in ids) + 2 * (n - 1)
+            k = max(most_repeats(room, fixed, n * (one.longest + 2), 0, cap_k), floor_k)
+            if k >= 1:
+                entries = [seq(i, box_list(one, k)) for i in ids]
+                return _instances(ordered_subset(entries, SEP)).text
+        key = seq(alt([lit(json.dumps(i)) for i in hints.labels]) if ids else _FREE_ID, lit(": "))
+        cap = len(ids) or self.max_instances
+        per_id = max(1, floor_k if hints.n_answers else self.default_boxes_per_instance)
+        entry = seq(key, box_list(one, per_id))
+        m = max(most_repeats(room, 2, entry.longest, 2, cap), len(ids))
+        return _instances(joined(entry, SEP, 1, m) if m >= 1 else None).text
+
     def parse(self, answer: object, question: str | None = None) -> dict | None:
         return parse_instances(answer)
 
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         return format_boxes(record_boxes_to_pixels(value, meta))
+
+    def fallback_answer(self, question: str | None) -> Any:
+        return "{}"  # no instance: costs recall, never a parse failure
 
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return M.instance_detection_f1(gts, preds)
