@@ -202,3 +202,12 @@ def test_without_restarting_positions_samples_leak(model, samples) -> None:
         alone = _forward(model, PaddedCollator(PAD)([samples[1]])).logits[0]
         leaked = _forward(model, packed).logits[0].split(lengths)[1]
     assert (leaked - alone).abs().max() > 1e-3
+
+
+def test_named_skipped_records_are_listed() -> None:
+    from qwenvl.data.dataset import SkippedRecord
+
+    gone = SkippedRecord("flare_x", "/d/x.json", 3, "image /d/3.jpg cannot be loaded")
+    batch = PaddedCollator(PAD)([gone, None])
+    assert batch["skipped_records"] == ["flare_x record 3 (/d/x.json): image /d/3.jpg cannot be loaded"]
+    assert batch["stat_num_skipped"] == 2 and batch["stat_num_samples"] == 0

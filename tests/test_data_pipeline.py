@@ -370,3 +370,16 @@ def test_records_without_registry_source(processor, tmp_path) -> None:
     ds = SupervisedDataset([_record([img], "Q?", "A"), {"conversations": "bad"}], processor, 4096)
     assert ds.report["datasets"] == {"records": {"drawn": 2, "kept": 1, "dropped": {"invalid_record": 1}}}
     assert ds[0]["index"] == 0
+
+
+def test_answer_starting_with_a_newline_is_caught_before_training(processor, tmp_path, monkeypatch) -> None:
+    """BPE merges a leading newline of the answer into the assistant header, so its labels never encode: the
+    check drops it with its file and index instead of skipping it at every epoch."""
+    img = _write(tmp_path / "a.png", 64, 64)
+    records = [_record([img], "Q?", "A"), _record([img], "Q?", "\nB")]
+    _register(monkeypatch, "dp_nl", tmp_path / "nl.json", records)
+    ds = build_supervised_dataset("dp_nl", processor, model_max_length=4096, seed=0)
+    assert len(ds) == 1
+    (drop,) = ds.report["dropped"]
+    assert (drop["file"], drop["index"], drop["reason"]) == (str(tmp_path / "nl.json"), 1, "invalid_record")
+    assert "starts with a newline" in drop["detail"]

@@ -342,8 +342,9 @@ print("GENERATED", ids.shape[1] - inputs["input_ids"].shape[1], type(model).__na
 
 @pytest.mark.slow
 def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_converted, tmp_path):
-    """Half the records are text-only: with a trainable vision tower under ZeRO-3, a rank whose micro-batch has
-    no image must still take part in the tower's parameter gathers, or the other rank hangs."""
+    """Half the records are text-only: under ZeRO-3 a rank whose micro-batch has no image must still take part
+    in the vision tower's parameter gathers, or the other rank hangs (gloo "collective mismatch"). Frozen
+    parameters are partitioned too, so this holds with the vision tower and the mergers frozen."""
     records = json.loads((demo_converted / "retino_train.json").read_text())
     mixed = []
     for i, rec in enumerate(records):
@@ -359,7 +360,8 @@ def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_co
         out,
         dataset_use=str(data),
         deepspeed=str(REPO / "configs" / "zero3.json"),
-        tune_mm_vision="True",
+        tune_mm_vision="False",
+        tune_mm_mlp="False",
         max_steps="3",
         gradient_accumulation_steps="1",
     )
@@ -370,8 +372,9 @@ def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_co
 
 
 def test_dummy_image_for_text_only_batches_leaves_the_loss_unchanged(tiny_dir, tmp_path):
-    """The keep-alive image is appended after the last real token: same loss, and the vision tower now gets a
-    (zero) gradient, i.e. it took part in the step."""
+    """The keep-alive image is appended after the last real token of every image-less micro-batch, in training
+    and evaluation, vision side trainable or frozen (ZeRO-3 partitions frozen parameters too): same loss, same
+    LLM gradients, and the vision tower took part (a zero gradient when trainable)."""
     from qwenvl.data.collator import PaddedCollator
     from qwenvl.data.processing import encode_record
     from qwenvl.model import load_model, load_processor
@@ -389,24 +392,43 @@ def test_dummy_image_for_text_only_batches_leaves_the_loss_unchanged(tiny_dir, t
     model = load_model(tiny_dir, dtype="float32")
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = QwenVLTrainer(model=model, args=args, processing_class=processor)
-    model.train()
+    llm_weight = model.model.language_model.layers[1].mlp.down_proj.weight
 
-    def loss_of(tune_vision: bool) -> torch.Tensor:
+    def loss_of(keep_alive: bool, tune_vision: bool, training: bool):
+        model.train(training)
+        trainer.vision_keep_alive = keep_alive
         for p in model.model.visual.parameters():
             p.requires_grad_(tune_vision)
         model.zero_grad()
         inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
         loss = trainer.compute_loss(model, inputs)
-        loss.backward()
-        return loss.detach(), "pixel_values" in inputs
+        if training:
+            loss.backward()
+        grad = llm_weight.grad.clone() if training else None
+        return loss.detach(), grad, "pixel_values" in inputs
 
-    plain, had_image = loss_of(False)
-    assert not had_image
-    with_dummy, had_image = loss_of(True)
-    assert had_image
-    torch.testing.assert_close(with_dummy, plain, rtol=0, atol=1e-6)
-    grad = model.model.visual.patch_embed.proj.weight.grad
-    assert grad is not None and torch.count_nonzero(grad) == 0
+    for tune_vision in (False, True):
+        for training in (True, False):
+            plain, plain_grad, had_image = loss_of(False, tune_vision, training)
+            assert not had_image
+            with_dummy, grad, had_image = loss_of(True, tune_vision, training)
+            assert had_image, (tune_vision, training)
+            torch.testing.assert_close(with_dummy, plain, rtol=0, atol=1e-6)
+            if training:
+                torch.testing.assert_close(grad, plain_grad, rtol=1e-5, atol=1e-8)
+            if tune_vision and training:
+                vgrad = model.model.visual.patch_embed.proj.weight.grad
+                assert vgrad is not None and torch.count_nonzero(vgrad) == 0
+
+    # A micro-batch whose every item was skipped: a forward (with the dummy image), zero loss, zero gradient.
+    empty = PaddedCollator(processor.tokenizer.pad_token_id)([None])
+    model.train()
+    model.zero_grad()
+    loss = trainer.compute_loss(model, empty)
+    loss.backward()
+    assert loss.item() == 0.0 and "pixel_values" in empty
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    assert trainer.batch_stats["num_empty_batches"] == 1
 
 
 # --------------------------------------------------------------------------------------------- resume
@@ -496,3 +518,39 @@ def test_dry_run_summary_fails_on_nan(tmp_path):
     assert not ok and "NaN or infinite at steps [2]" in text
     ok, text = summarize(tmp_path, expected_steps=3)
     assert "only 2 of 3 steps" in text
+
+
+# --------------------------------------------------------------------------- a micro-batch with no sample left
+def test_batch_whose_every_item_failed_contributes_nothing_and_is_named(tiny_dir, demo_converted, tmp_path):
+    """Batch 1: a JPEG that passes the header check but is truncated after conversion fails to decode inside the
+    loop. Its micro-batch gives a zero loss and no gradient: with 2 records x accumulation 2 each step holds both,
+    so every step equals a run on the good record alone; the failed record is named in the run's records."""
+    records = json.loads((demo_converted / "retino_train.json").read_text())
+    broken = tmp_path / "broken.jpg"
+    data = Path(records[1]["image"]).read_bytes()
+    broken.write_bytes(data[: len(data) // 3])  # the header reads, the pixels do not decode
+    bad = {**records[1], "image": str(broken)}
+    both, alone = tmp_path / "both.json", tmp_path / "alone.json"
+    both.write_text(json.dumps([records[0], bad]))
+    alone.write_text(json.dumps([records[0]]))
+    common = dict(max_steps="2", lr_scheduler_type="constant", per_device_train_batch_size="1")
+    with_bad, reference = tmp_path / "with_bad", tmp_path / "reference"
+    _torchrun(
+        _base_args(tiny_dir, with_bad, dataset_use=str(both), gradient_accumulation_steps="2", **common),
+        demo_converted,
+    )
+    _torchrun(
+        _base_args(tiny_dir, reference, dataset_use=str(alone), gradient_accumulation_steps="1", **common),
+        demo_converted,
+    )
+    assert json.loads((with_bad / "dataset_report.json").read_text())["train"]["total_kept"] == 2
+    got, want = _losses(with_bad), _losses(reference)
+    assert sorted(got) == [1, 2] and all(math.isfinite(v) and v > 0 for v in got.values())
+    for step in (1, 2):
+        assert got[step] == pytest.approx(want[step], rel=1e-5), (got, want)
+    records_logged = [r for r in _log(with_bad) if "loss" in r]
+    assert [r["empty_batches"] for r in records_logged] == [1, 2]
+    for r in records_logged:
+        assert f"record 1 ({both})" in r["skipped_records"] and str(broken) in r["skipped_records"]
+    text = (with_bad / "train.log").read_text()
+    assert text.count(f"record 1 ({both})") == 2

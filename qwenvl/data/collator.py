@@ -12,9 +12,10 @@ never needs ``mm_token_type_ids`` (transformers 5.x) and never recomputes positi
 Every batch carries statistics as python ints under keys starting with ``stat_`` (the trainer pops them before
 the forward): ``stat_num_samples``, ``stat_num_skipped``, ``stat_num_images``, ``stat_num_tokens`` (real
 tokens), ``stat_num_positions`` (``B * L``, padding included) and ``stat_num_supervised`` (labels != -100).
-A batch whose items were all ``None`` becomes a one-token placeholder with label -100 and
-``stat_num_samples == 0``; it carries no supervised token, so the trainer must not let it contribute loss
-(a mean cross-entropy over zero tokens is NaN).
+A skipped item is ``None`` or a :class:`~qwenvl.data.dataset.SkippedRecord`; the descriptions of the latter
+(dataset, file, record index, reason) are listed under ``skipped_records`` (a list of strings, present only when
+non-empty). A batch whose items were all skipped becomes a one-token placeholder with label -100 and
+``stat_num_samples == 0``; it carries no supervised token, and the trainer gives it a zero loss (no gradient).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ def _add_pixels(batch: dict[str, Any], samples: list[dict]) -> None:
         batch["image_grid_thw"] = torch.cat([s["image_grid_thw"].long() for s in with_images], dim=0)
 
 
+def _split(items: Sequence[Any]) -> tuple[list[dict], int, list[str]]:
+    """``(samples, number skipped, descriptions of the named skipped records)``."""
+    samples = [s for s in items if isinstance(s, dict)]
+    named = [
+        s.describe() for s in items if s is not None and not isinstance(s, dict) and hasattr(s, "describe")
+    ]
+    return samples, len(items) - len(samples), named
+
+
+def _name_skipped(batch: dict[str, Any], named: list[str]) -> dict[str, Any]:
+    if named:
+        batch["skipped_records"] = named
+    return batch
+
+
 def _placeholder(pad_token_id: int, n_skipped: int, with_mask: bool) -> dict[str, Any]:
     """One row of one pad token, label -100: a valid forward that supervises nothing."""
     batch: dict[str, Any] = {
@@ -78,11 +94,10 @@ class PaddedCollator:
 
     pad_token_id: int
 
-    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
-        samples = [s for s in items if s is not None]
-        n_skipped = len(items) - len(samples)
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        samples, n_skipped, named = _split(items)
         if not samples:
-            return _placeholder(self.pad_token_id, n_skipped, with_mask=True)
+            return _name_skipped(_placeholder(self.pad_token_id, n_skipped, with_mask=True), named)
         width = max(int(s["input_ids"].numel()) for s in samples)
         rows = len(samples)
         input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
@@ -104,7 +119,7 @@ class PaddedCollator:
         }
         _add_pixels(batch, samples)
         batch.update(_stats(samples, n_skipped, rows * width, labels))
-        return batch
+        return _name_skipped(batch, named)
 
 
 @dataclass
@@ -113,11 +128,10 @@ class PackedCollator:
 
     pad_token_id: int
 
-    def __call__(self, items: Sequence[dict | None]) -> dict[str, Any]:
-        samples = [s for s in items if s is not None]
-        n_skipped = len(items) - len(samples)
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        samples, n_skipped, named = _split(items)
         if not samples:
-            return _placeholder(self.pad_token_id, n_skipped, with_mask=False)
+            return _name_skipped(_placeholder(self.pad_token_id, n_skipped, with_mask=False), named)
         input_ids = torch.cat([s["input_ids"].long() for s in samples]).unsqueeze(0)
         pieces = []
         for s in samples:
@@ -129,7 +143,7 @@ class PackedCollator:
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         _add_pixels(batch, samples)
         batch.update(_stats(samples, n_skipped, int(input_ids.shape[1]), labels))
-        return batch
+        return _name_skipped(batch, named)
 
 
 def pop_stats(batch: dict[str, Any]) -> dict[str, int]:

@@ -5,7 +5,9 @@ that each image exists and its header reads, and that its exact token length fit
 that fails is dropped and reported, never fatal and never truncated (cutting inside an image span would break the
 sample). ``SupervisedDataset.report`` says what was drawn, kept and dropped per dataset and why; a summary table
 is logged. At training time an image that fails to load (deleted or corrupted since the check) makes
-``__getitem__`` log a warning and return ``None``; the collators count and drop it.
+``__getitem__`` log a warning and return ``None`` (or, with ``skip_markers`` on, as the training recipe sets it,
+a :class:`SkippedRecord` naming the record); the collators count and drop it, and the trainer names it in the
+run's log.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from qwenvl.data import load_annotations, resolve_datasets
-from qwenvl.data.processing import encode_record, estimate_length, record_images, record_to_messages
+from qwenvl.data.processing import (
+    check_labels,
+    encode_record,
+    estimate_length,
+    record_images,
+    record_to_messages,
+)
 from qwenvl.flare.images import load_rgb, read_image_size
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,20 @@ UNREADABLE_IMAGE = "unreadable_image"
 INVALID_RECORD = "invalid_record"
 DROP_REASONS = (OVER_LENGTH, MISSING_IMAGE, UNREADABLE_IMAGE, INVALID_RECORD)
 MAX_LOGGED_DROPS = 10
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """What ``SupervisedDataset[i]`` returns (with ``skip_markers`` on) for a record that cannot be encoded at
+    training time: which record, and why. The collators drop it and list :meth:`describe` in the batch."""
+
+    dataset: str
+    file: str
+    index: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"{self.dataset} record {self.index} ({self.file}): {self.reason}"
 
 
 class RecordProblem(Exception):
@@ -123,6 +145,10 @@ class _Checker:
             length = estimate_length(record, self.processor, sizes)
         except ValueError as e:  # the structure passed above, so the image sizes are what the model refuses
             raise RecordProblem(UNREADABLE_IMAGE, f"image sizes {sizes} of {paths}: {e}") from None
+        try:
+            check_labels(record, self.processor)
+        except ValueError as e:
+            raise RecordProblem(INVALID_RECORD, str(e)) from None
         if length > self.model_max_length:
             raise RecordProblem(
                 OVER_LENGTH, f"{length} tokens > model_max_length {self.model_max_length} (not truncated)"
@@ -151,6 +177,8 @@ class SupervisedDataset(Dataset):
     def __init__(self, records: list[dict], processor: Any, model_max_length: int) -> None:
         self.processor = processor
         self.model_max_length = int(model_max_length)
+        # False: a record that fails at training time is None; True: a SkippedRecord that names it.
+        self.skip_markers = False
         checker = _Checker(processor, self.model_max_length)
         self.samples: list[Sample] = []
         drawn: Counter[str] = Counter()
@@ -189,30 +217,30 @@ class SupervisedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def __getitem__(self, i: int) -> dict[str, Any] | SkippedRecord | None:
         sample = self.samples[i]
         src = sample.source
         where = f"dataset {src['dataset']} record {src['index']} ({src['file']})"
+
+        def skip(reason: str) -> SkippedRecord | None:
+            logger.warning("skipping %s: %s", where, reason)
+            if not self.skip_markers:
+                return None
+            return SkippedRecord(str(src["dataset"]), str(src["file"]), int(src["index"]), reason)
+
         images = []
         for path in sample.image_paths:
             try:
                 images.append(load_rgb(path))
             except Exception as e:  # noqa: BLE001 - deleted, truncated, undecodable: skip, never substitute
-                logger.warning(
-                    "skipping %s: image %s cannot be loaded (%s: %s)", where, path, type(e).__name__, e
-                )
-                return None
+                return skip(f"image {path} cannot be loaded ({type(e).__name__}: {e})")
         try:
             item: dict[str, Any] = encode_record(sample.record, self.processor, images)
         except ValueError as e:  # e.g. the image was replaced by one the processor refuses
-            logger.warning(
-                "skipping %s: cannot encode it with images %s (%s)", where, list(sample.image_paths), e
-            )
-            return None
+            return skip(f"cannot encode it with images {list(sample.image_paths)} ({e})")
         n = int(item["input_ids"].numel())
         if n > self.model_max_length:  # only if an image was replaced by a larger one since the check
-            logger.warning("skipping %s: %d tokens > model_max_length %d", where, n, self.model_max_length)
-            return None
+            return skip(f"{n} tokens > model_max_length {self.model_max_length}")
         item["dataset"] = src["dataset"]
         item["index"] = src["index"]
         return item
@@ -265,6 +293,7 @@ def build_supervised_dataset(
 
 __all__ = [
     "DROP_REASONS",
+    "SkippedRecord",
     "SupervisedDataset",
     "build_supervised_dataset",
     "format_report",

@@ -144,6 +144,23 @@ def text_token_count(text: str, processor: Any) -> int:
     return len(processor.tokenizer(text)["input_ids"])
 
 
+def check_labels(record: dict, processor: Any) -> None:
+    """Raise ``ValueError`` when the record's assistant turns cannot be found in its tokens, e.g. an answer
+    that starts with a newline, which BPE merges into the ``<|im_start|>assistant\\n`` header: such a record
+    would be skipped at every epoch. No pixel is decoded (the image placeholders are not expanded)."""
+    messages = record_to_messages(record)
+    ids = processor.tokenizer(render_text(messages, processor), return_tensors="pt")["input_ids"][0]
+    n_turns = sum(m["role"] == "assistant" for m in messages)
+    try:
+        assistant_labels(ids, processor.tokenizer, n_turns)
+    except ValueError as e:
+        starts = [t["value"][:1] for t in record["conversations"] if t["from"] != "human"]
+        hint = (
+            " (an answer starts with a newline: strip it)" if any(c in "\r\n" and c for c in starts) else ""
+        )
+        raise ValueError(f"the labels cannot be encoded: {e}{hint}") from None
+
+
 def estimate_length(record: dict, processor: Any, image_sizes: Sequence[tuple[int, int]]) -> int:
     """The exact ``len(encode_record(...)["input_ids"])`` without decoding any pixels.
 

@@ -204,6 +204,11 @@ class RunRecordCallback(TrainerCallback):
             if key in record:
                 v = record[key]
                 parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+        if record.get("skipped_records"):
+            parts.append(
+                f"skipped records (empty batches so far {record.get('empty_batches', 0)}): "
+                f"{record['skipped_records']}"
+            )
         self._append(record, f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] " + " | ".join(parts))
 
     def on_train_end(self, args, state, control, **kwargs):

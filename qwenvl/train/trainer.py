@@ -10,10 +10,15 @@
    at the positions that predict a supervised token (``logits_to_keep``): FLARE answers are a few tokens
    after hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position
    would dominate time and memory. The loss is exactly the same.
-3. A vision keep-alive: when the vision tower or mergers are trainable and a micro-batch has no image, a
-   one-token dummy image is appended after the last real token (labels -100). Every rank then runs the same
-   modules in the same order (vision tower, then LLM) and reduces the same gradients under ZeRO-3, so no rank
-   waits on another; tokens after the last real one cannot change any earlier position, so the loss is exact.
+3. A vision keep-alive: when a micro-batch has no image (training or evaluation, vision side trainable or
+   frozen), a one-token dummy image is appended after the last real token (labels -100). Every rank then runs
+   the same modules in the same order (vision tower, then LLM): under ZeRO-3 frozen parameters are partitioned
+   too, so a rank that skipped the tower would leave the others waiting in its parameter gathers. Tokens after
+   the last real one cannot change any earlier position, so the loss and the gradients are exact.
+4. A micro-batch whose every item was skipped (an image that fails to decode, a record that no longer
+   encodes, an empty pack) still runs the forward (same collectives on every rank) but contributes a zero
+   loss and zero gradients; it is counted (``empty_batches``) and its records are named in the log
+   (``skipped_records``: dataset, record index, file, reason).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import logging
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 from transformers.loss.loss_utils import ForCausalLMLoss
@@ -84,7 +90,10 @@ class QwenVLTrainer(Trainer):
             "num_tokens": 0,
             "num_positions": 0,
             "num_supervised": 0,
+            "num_empty_batches": 0,
         }
+        self.vision_keep_alive = True
+        self.skipped_records: list[str] = []  # named skipped records since the last log line (this rank)
         self._window_stats = dict.fromkeys(self.batch_stats, 0)
         self._step_lrs: dict[str, float] = {}
         self.add_callback(_StepLRRecorder(self))
@@ -156,16 +165,16 @@ class QwenVLTrainer(Trainer):
 
     # -- loss -------------------------------------------------------------------------------------------
     def _add_dummy_image(self, model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-        """For an image-less micro-batch with a trainable vision side: append ``<|vision_start|><|image_pad|>
+        """For an image-less micro-batch: append ``<|vision_start|><|image_pad|>
         <|vision_end|>`` with a blank 32x32 image after the last position (row 0; pads elsewhere), labels -100.
         Returns the extended labels; ``inputs`` is extended in place."""
-        if "pixel_values" in inputs:
+        if "pixel_values" in inputs or not self.vision_keep_alive:
             return labels
         inner = self.accelerator.unwrap_model(model)
         if hasattr(inner, "get_base_model"):  # a PEFT (LoRA) wrapper
             inner = inner.get_base_model()
         visual = getattr(getattr(inner, "model", inner), "visual", None)
-        if visual is None or not any(p.requires_grad for p in visual.parameters()):
+        if visual is None:
             return labels
         cfg, vc = inner.config, inner.config.vision_config
         ids = inputs["input_ids"]
@@ -192,21 +201,47 @@ class QwenVLTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stats = {k[len(STAT_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(STAT_PREFIX)}
+        skipped = inputs.pop("skipped_records", None) or []
+        labels = inputs.pop("labels")
+        empty = not bool((labels[:, 1:] != IGNORE_INDEX).any())
         if model.training:
+            stats["num_empty_batches"] = int(empty)
             for key in self.batch_stats:
                 value = int(stats.get(key, 0))
                 self.batch_stats[key] += value
                 self._window_stats[key] += value
-        labels = inputs.pop("labels")
+            if skipped:
+                self.skipped_records.extend(skipped)
+                logger.warning(
+                    "rank %d: %d record(s) skipped in this micro-batch%s: %s",
+                    self.args.process_index,
+                    len(skipped),
+                    " (nothing left: zero loss)" if empty else "",
+                    "; ".join(skipped),
+                )
         keep = supervised_positions(labels)
-        if model.training:
-            labels = self._add_dummy_image(model, inputs, labels)
+        labels = self._add_dummy_image(model, inputs, labels)
+        if empty:
+            # Nothing to learn from, but the forward still runs: every rank takes part in the same gathers.
+            outputs = model(**inputs, logits_to_keep=1, use_cache=False)
+            loss = outputs.logits.float().sum() * 0.0
+            return (loss, outputs) if return_outputs else loss
         outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         loss = kept_positions_loss(outputs.logits, labels, keep, num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The Trainer averages gradients over ranks; num_items_in_batch already sums all ranks' tokens.
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def _gather_skipped(self) -> list[str]:
+        """Every rank's skipped-record names since the last log line (each rank calls ``log`` at the same
+        step); clears this rank's list."""
+        mine, self.skipped_records = self.skipped_records, []
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return mine
+        every: list[list[str] | None] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        return [name for part in every for name in (part or [])]
 
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, logs: dict, *args, **kwargs) -> None:
@@ -225,6 +260,10 @@ class QwenVLTrainer(Trainer):
             self._window_stats = dict.fromkeys(self.batch_stats, 0)
         if "loss" in logs:
             logs.update(self._step_lrs)
+            logs["empty_batches"] = self.batch_stats["num_empty_batches"]
+            skipped = self._gather_skipped()
+            if skipped:
+                logs["skipped_records"] = "; ".join(skipped)
         super().log(logs, *args, **kwargs)
 
     def _record_step_lrs(self) -> None:
