@@ -67,7 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_pixels", type=int, default=defaults.MAX_PIXELS)
     p.add_argument("--min_pixels", type=int, default=defaults.MIN_PIXELS)
     p.add_argument("--gradient_checkpointing", type=_bool, default=True)
-    p.add_argument("--attn_implementation", default="sdpa", help="sdpa or flash_attention_2 (if installed)")
+    p.add_argument(
+        "--attn_implementation",
+        default="auto",
+        help="auto (flash_attention_2 if installed, else sdpa_packed), sdpa_packed, sdpa, flash_attention_2",
+    )
     p.add_argument("--dataloader_workers", type=int, default=0)
     p.add_argument("--pipeline_samples", type=int, default=64, help="samples for the data-pipeline timing")
     p.add_argument("--seed", type=int, default=42)

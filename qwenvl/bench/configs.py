@@ -27,6 +27,9 @@ class BenchConfig:
     batch_size: int = 1  # samples per micro-batch (padded) or packs per micro-batch (packed)
     grad_accum: int = GUIDE_GRAD_ACCUM
     packing_max_tokens: int = 4096
+    deepspeed: str | None = (
+        None  # a DeepSpeed JSON (the guide's: configs/zero3_offload.json); None: plain torch
+    )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,6 +40,7 @@ def make_config(
     batch_size: int | None = None,
     grad_accum: int | None = None,
     packing_max_tokens: int = 4096,
+    deepspeed: str | None = None,
 ) -> BenchConfig:
     """The preset ``name`` (one of :data:`CONFIG_NAMES`). ``batch_size`` and ``grad_accum`` override the
     preset's (padded: batch 1 x 16 as the guide; packed: 1 pack x 1, since a pack of 4096 tokens already
@@ -50,6 +54,7 @@ def make_config(
         lora=name.endswith("lora"),
         grad_accum=1 if packing else GUIDE_GRAD_ACCUM,
         packing_max_tokens=packing_max_tokens,
+        deepspeed=deepspeed,
     )
     if batch_size is not None:
         config = replace(config, batch_size=int(batch_size))
@@ -100,3 +105,39 @@ def format_duration(seconds: float | None) -> str:
     if s >= 60:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s}s"
+
+
+# Peak dense bf16 tensor FLOP/s (no sparsity) by device-name fragment, first match wins; for the MFU estimate.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM / NVL
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("A6000", 155e12),
+    ("RTX 4090", 165e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("L4", 121e12),
+)
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The table's peak for ``device_name`` (``torch.cuda.get_device_name()``); None when unknown or a CPU."""
+    for fragment, flops in PEAK_BF16_FLOPS:
+        if fragment.lower() in device_name.lower():
+            return flops
+    return None
+
+
+def mfu(parameters: int, tokens_per_s: float, peak_flops: float | None, factor: int = 6) -> float | None:
+    """Model FLOPs utilisation: ``factor x parameters x tokens/s / peak`` (6: forward + backward of training,
+    2: forward only, e.g. generation). Counts every parameter (frozen and LoRA-wrapped ones too) and no
+    attention FLOPs, recomputation or vision-tower resolution: an estimate, comparable between runs."""
+    if not peak_flops or tokens_per_s <= 0:
+        return None
+    return round(factor * parameters * tokens_per_s / peak_flops, 4)

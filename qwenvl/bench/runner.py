@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from qwenvl.bench.configs import BenchConfig, format_duration, projections
+from qwenvl.bench.configs import BenchConfig, format_duration, mfu, peak_bf16_flops, projections
 from qwenvl.flare import defaults
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,9 @@ class BenchOptions:
     min_pixels: int = defaults.MIN_PIXELS
     max_pixels: int = defaults.MAX_PIXELS
     gradient_checkpointing: bool = True
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = (
+        "auto"  # flash_attention_2 if installed, else sdpa_packed (qwenvl.model.attention)
+    )
     dataloader_workers: int = 0
     learning_rate: float = 1e-5
     lora_r: int = 64
@@ -194,6 +196,7 @@ def _training_args(options: BenchOptions, config: BenchConfig, output_dir: Path)
         seed=options.seed,
         data_seed=options.seed,
         use_cpu=not on_gpu,
+        deepspeed=config.deepspeed,
     )
 
 
@@ -249,6 +252,8 @@ def run_config(
         trainer.add_callback(timer)
         trainer.train()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        attention = getattr(model.config, "_attn_implementation", None)
+        total_parameters = _total_parameters(model)
     seconds, stats = timer.window()
     peak_mb = torch.cuda.max_memory_allocated() / 2**20 if on_gpu else rss.peak / 2**20
     del trainer, model
@@ -274,9 +279,21 @@ def run_config(
         "peak_memory_mb": round(peak_mb, 1),
         "memory_kind": "cuda_max_memory_allocated" if on_gpu else "process_rss_peak",
         "trainable_parameters": trainable,
+        "total_parameters": total_parameters,
+        "step_time_s": round(seconds / options.steps, 4),
+        "attn_implementation": attention,
+        "deepspeed": config.deepspeed,
     }
+    peak = peak_bf16_flops(torch.cuda.get_device_name(0)) if on_gpu else None
+    result["mfu"] = mfu(total_parameters, tokens_per_s, peak)
+    result["peak_bf16_flops"] = peak
     result.update(projections(samples_per_s, samples_per_step))
     return result
+
+
+def _total_parameters(model: torch.nn.Module) -> int:
+    """Every parameter, also under ZeRO-3 (whose partitioned parameters report 0 elements but keep ds_numel)."""
+    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())
 
 
 # ------------------------------------------------------------------------------------- data pipeline
