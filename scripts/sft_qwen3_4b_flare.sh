@@ -51,6 +51,7 @@ VISION_TOWER_LR=${VISION_TOWER_LR:-}
 GRADIENT_CHECKPOINTING=${GRADIENT_CHECKPOINTING:-True}
 DATALOADER_WORKERS=${DATALOADER_WORKERS:-4}
 SEED=${SEED:-42}
+SHUTDOWN_TIMEOUT=${SHUTDOWN_TIMEOUT:-600}             # s torchrun waits after SIGTERM/Ctrl-C for the stop checkpoint
 DEEPSPEED=${DEEPSPEED:-configs/zero3_offload.json}   # "none" trains without DeepSpeed
 REPORT_TO=${REPORT_TO:-wandb}                         # wandb | tensorboard | none
 DATA_FLATTEN=${DATA_FLATTEN:-False}                   # True: padding-free packing (BATCH_SIZE counts packs)
@@ -122,5 +123,5 @@ Qwen3-VL finetune
 EOF
 
 exec "${RUN[@]}" torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --shutdown-timeout "$SHUTDOWN_TIMEOUT" \
     qwenvl/train/train_qwen.py "${args[@]}" "$@"

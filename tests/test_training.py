@@ -232,6 +232,37 @@ def test_every_checkpoint_is_self_contained(frozen_run):
         assert all(v["kept"] == 6 for v in mix.values())
         proc = json.loads((folder / "processor_config.json").read_text())
         assert "16384" in json.dumps(proc)  # the trained pixel limit travels with the checkpoint
+        # Inference settings in the saved config (training ran with the cache off), and the marker, written last.
+        config = json.loads((folder / "config.json").read_text())
+        assert config["use_cache"] is True and config["text_config"]["use_cache"] is True
+        assert json.loads((folder / "checkpoint_complete.json").read_text())["step"] == int(
+            ckpt.split("-")[1]
+        )
+    assert json.loads((frozen_run / "config.json").read_text())["text_config"]["use_cache"] is True
+
+
+def test_auto_resume_takes_the_newest_complete_checkpoint(tmp_path, caplog):
+    """A newer checkpoint without its marker (a process killed mid-save) is skipped and named in the log."""
+    import logging
+
+    from qwenvl.train.arguments import TrainingArguments
+    from qwenvl.train.callbacks import mark_checkpoint_complete
+    from qwenvl.train.recipe import resolve_resume
+
+    for step in (2, 4, 6):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+    mark_checkpoint_complete(tmp_path / "checkpoint-2", 2)
+    mark_checkpoint_complete(tmp_path / "checkpoint-4", 4)  # checkpoint-6 was being written when killed
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", resume_from_checkpoint="auto")
+    with caplog.at_level(logging.INFO, logger="qwenvl.train.recipe"):
+        assert resolve_resume(args) == str(tmp_path / "checkpoint-4")
+    text = caplog.text
+    assert "skipped incomplete checkpoint(s)" in text and str(tmp_path / "checkpoint-6") in text
+    assert f"Resuming from {tmp_path / 'checkpoint-4'}" in text
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert resolve_resume(TrainingArguments(output_dir=str(empty), resume_from_checkpoint="auto")) is None
 
 
 # --------------------------------------------------------------------------- loss normalisation per token

@@ -50,6 +50,33 @@ def versions() -> dict[str, str]:
     return out
 
 
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole checkpoint: its marker is written last, after every rank's files."""
+    return (Path(folder) / CHECKPOINT_COMPLETE).is_file()
+
+
+def mark_checkpoint_complete(folder: str | Path, step: int) -> None:
+    write_json_atomic(
+        Path(folder) / CHECKPOINT_COMPLETE, {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    )
+
+
+def enable_cache_in_saved_config(folder: str | Path) -> None:
+    """Training runs with the KV cache off; a saved model is for inference, so its config.json (and its
+    text_config) says ``use_cache: true``."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        return  # e.g. LoRA adapters only
+    config = json.loads(path.read_text())
+    config["use_cache"] = True
+    if isinstance(config.get("text_config"), dict):
+        config["text_config"]["use_cache"] = True
+    write_json_atomic(path, config)
+
+
 class CheckpointFilesCallback(TrainerCallback):
     """Makes every checkpoint loadable on its own: the processor (with the trained pixel limits and the chat
     template) and ``run_info.json`` (resolved arguments, dataset mix with counts, seed, versions, git commit)
@@ -64,32 +91,60 @@ class CheckpointFilesCallback(TrainerCallback):
         folder.mkdir(parents=True, exist_ok=True)
         self.processor.save_pretrained(folder)
         write_json_atomic(folder / RUN_INFO, self.run_info, default=str)
+        enable_cache_in_saved_config(folder)
+
+    # A trainer that finalises its checkpoints itself (QwenVLTrainer.checkpoint_writers) sets this to True:
+    # the files are then written before the completion marker, not after it.
+    written_by_trainer = False
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
+        if state.is_world_process_zero and not self.written_by_trainer:
             self.save_to(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 class GracefulStopCallback(TrainerCallback):
     """On SIGTERM or SIGINT (Ctrl-C), finish the current optimizer step, save a checkpoint and stop.
 
-    A second signal interrupts at once."""
+    With several processes the stop flag is all-reduced (max) at every step end, so every rank stops at the
+    same step and takes part in the same save, whichever ranks got the signal. A second signal more than
+    ``REPEAT_WINDOW_S`` seconds after the first interrupts at once (Ctrl-C reaches a worker both from the
+    terminal and from torchrun, a moment apart: that counts as one request)."""
+
+    REPEAT_WINDOW_S = 5.0
 
     def __init__(self):
         self.requested: str | None = None
+        self._requested_at = 0.0
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handler)
 
     def _handler(self, signum, frame):
         if self.requested:
+            if time.monotonic() - self._requested_at < self.REPEAT_WINDOW_S:
+                return
             signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        self._requested_at = time.monotonic()
         logger.warning("%s received: saving a checkpoint after this step, then stopping", self.requested)
 
+    def _agreed(self, args) -> bool:
+        """Whether any rank was asked to stop (every rank calls this at every step end)."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return bool(self.requested)
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=args.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested:
+        if self._agreed(args):
+            if not self.requested:
+                self.requested = "a stop request on another rank"
+                logger.warning("%s: saving a checkpoint after this step, then stopping", self.requested)
             control.should_save = True
             control.should_training_stop = True
         return control

@@ -72,8 +72,9 @@ class RecipeError(ValueError):
 
 # ------------------------------------------------------------------------------------------ launching
 def init_cpu_distributed(argv: list[str]) -> list[str]:
-    """DeepSpeed without a GPU (the demo, CI): set up the gloo process group and accelerate's DeepSpeed state
-    before TrainingArguments exist, and tell TrainingArguments to use that state. Call it first, before the
+    """Several processes without a GPU (the demo, CI), with DeepSpeed or plain DDP: set up the gloo process
+    group and accelerate's (DeepSpeed or multi-CPU) state before TrainingArguments exist, and tell
+    TrainingArguments to use that state. Call it first, before the
     arguments are parsed; returns ``argv`` with the ``--accelerator_config`` that says so.
 
     Left alone, accelerate sees no GPU backend and reports a world size of 1, so DeepSpeed's batch-size check
@@ -81,37 +82,69 @@ def init_cpu_distributed(argv: list[str]) -> list[str]:
     import torch
 
     on_deepspeed = any(a == "--deepspeed" or a.startswith("--deepspeed=") for a in argv)
-    if not on_deepspeed or torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
+    if torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
+        return argv
+    if not on_deepspeed and int(os.environ["WORLD_SIZE"]) < 2:
         return argv
     if any(a.startswith("--accelerator_config") for a in argv):
         return argv  # the user configures accelerate themselves
-    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
     from accelerate import PartialState
 
-    PartialState(backend="gloo")
+    if on_deepspeed:
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+        PartialState(backend="gloo")
+    else:
+        # Plain DDP on CPU: without this, accelerate leaves the process group outside the Trainer's
+        # parallel mode and every process trains alone on all the data.
+        PartialState(cpu=True, backend="gloo")
     config = Path(tempfile.gettempdir()) / f"qwenvl_accelerate_configured_state_{os.getpid()}.json"
     config.write_text(json.dumps({"use_configured_state": True}))
     return [*argv, "--accelerator_config", str(config)]
 
 
 def resolve_resume(training: transformers.TrainingArguments) -> str | None:
-    """The checkpoint to resume from: ``--resume_from_checkpoint`` as given, or with ``auto`` the latest
-    ``checkpoint-N`` of ``--output_dir`` (``None``, a fresh start, when there is none yet)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: ``--resume_from_checkpoint`` as given, or with ``auto`` the newest
+    complete ``checkpoint-N`` of ``--output_dir`` (one with its completion marker, written last; newer
+    incomplete ones, e.g. from a process killed mid-save, are skipped and named in the log). ``None``, a fresh
+    start, when there is none yet."""
+    from qwenvl.train.callbacks import CHECKPOINT_COMPLETE, is_complete_checkpoint
 
     if training.resume_from_checkpoint != "auto":
         if training.resume_from_checkpoint:
             logger.info("Resuming from %s", training.resume_from_checkpoint)
         return training.resume_from_checkpoint
-    output_dir = training.output_dir
-    last = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if last:
-        logger.info("Resuming from %s (the latest checkpoint in %s)", last, output_dir)
+    output_dir = Path(training.output_dir)
+    found = []
+    if output_dir.is_dir():
+        for path in output_dir.iterdir():
+            name = path.name
+            if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit():
+                found.append((int(name[len("checkpoint-") :]), path))
+    skipped = []
+    for _step, path in sorted(found, reverse=True):
+        if is_complete_checkpoint(path):
+            if skipped:
+                logger.warning(
+                    "--resume_from_checkpoint auto: skipped incomplete checkpoint(s) without %s: %s",
+                    CHECKPOINT_COMPLETE,
+                    ", ".join(str(p) for p in skipped),
+                )
+            logger.info("Resuming from %s (the newest complete checkpoint in %s)", path, output_dir)
+            return str(path)
+        skipped.append(path)
+    if skipped:
+        logger.warning(
+            "--resume_from_checkpoint auto: no complete checkpoint in %s (none has %s: %s); starting from "
+            "scratch",
+            output_dir,
+            CHECKPOINT_COMPLETE,
+            ", ".join(str(p) for p in skipped),
+        )
     else:
         logger.info(
             "--resume_from_checkpoint auto: no checkpoint in %s yet, starting from scratch", output_dir
         )
-    return last
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- steps
@@ -348,6 +381,9 @@ class TrainingRecipe:
         run record (``run.json``, ``train_log.jsonl``, ``train.log``) and, when asked, the generation eval."""
         trainer = self.trainer
         self.checkpoint_files = CheckpointFilesCallback(self.processor, self.run_info)
+        if hasattr(trainer, "checkpoint_writers"):  # written before each checkpoint's completion marker
+            trainer.checkpoint_writers.append(self.checkpoint_files.save_to)
+            self.checkpoint_files.written_by_trainer = True
         self.stopper = GracefulStopCallback()
         record = RunRecordCallback(self.args.training.output_dir, self.run_info["arguments"])
         for callback in (self.checkpoint_files, self.stopper, record):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -93,6 +94,8 @@ class QwenVLTrainer(Trainer):
             "num_empty_batches": 0,
         }
         self.vision_keep_alive = True
+        # Called by rank 0 with each checkpoint folder once every rank's files are in, before its marker.
+        self.checkpoint_writers: list = []
         self.skipped_records: list[str] = []  # named skipped records since the last log line (this rank)
         self._window_stats = dict.fromkeys(self.batch_stats, 0)
         self._step_lrs: dict[str, float] = {}
@@ -162,6 +165,38 @@ class QwenVLTrainer(Trainer):
             summary = ", ".join(f"{g['name']} lr={g['lr']:.2e} ({len(g['params'])} tensors)" for g in groups)
             logger.info("Optimizer: %s with groups %s", type(self.optimizer).__name__, summary)
         return self.optimizer
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def _save_checkpoint(self, model, trial):
+        """The Trainer's checkpoint, then (rank 0, once every rank has written its part) the extra files of
+        :attr:`checkpoint_writers` and the completion marker, written last; older checkpoints are rotated
+        out only after that, so a process killed mid-save always leaves the previous complete one."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+        from transformers.trainer_utils import rotate_checkpoints as rotate
+
+        from qwenvl.train.callbacks import mark_checkpoint_complete
+
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        run_dir = self._get_output_dir(trial=trial)
+        folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            for write in self.checkpoint_writers:
+                write(folder)
+            mark_checkpoint_complete(folder, self.state.global_step)
+            if limit:
+                rotate(
+                    output_dir=run_dir,
+                    save_total_limit=limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=True,
+                )
+        self.accelerator.wait_for_everyone()
 
     # -- loss -------------------------------------------------------------------------------------------
     def _add_dummy_image(self, model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
