@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PA
 if [ -x .venv/bin/python ]; then PY=(.venv/bin/python); else PY=("${RUN[@]}" python); fi
 
 DATA_DIR=${GPU_CHECK_DATA:-$REPO_ROOT/demo/gpu_check_data}
-if [ ! -f "$DATA_DIR/converted/busi_det_val.json" ]; then
+if [ ! -f "$DATA_DIR/converted/BUSI-det_val.json" ]; then
     echo "[gpu_check] building demo data in $DATA_DIR"
     "${PY[@]}" data_conversion/make_demo_dataset.py --output_dir "$DATA_DIR/raw" --samples_per_split 24 >/dev/null
     "${PY[@]}" data_conversion/convert_flare_to_qwen3vl.py --input_dir "$DATA_DIR/raw" --output_dir "$DATA_DIR/converted" \
