@@ -84,6 +84,12 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--attn_implementation", default=None, help="sdpa (default), flash_attention_2, eager")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--drop_leaked_val",
+        action="store_true",
+        help="leave out records whose images are byte-identical to an image of the dataset's converted "
+        "training file (every record of such an image; counts in summary.json)",
+    )
     a = p.parse_args(argv)
     return EvalOptions(
         model_path=a.model_path,
@@ -100,6 +106,7 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         device=a.device,
         attn_implementation=a.attn_implementation,
         progress=not a.no_progress,
+        drop_leaked_val=a.drop_leaked_val,
         free_decoding=a.free_decoding,
     )
 

@@ -22,6 +22,7 @@ Files written into ``output_dir``:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -39,7 +40,7 @@ from qwenvl.eval.predictions import (
     write_raw_outputs,
 )
 from qwenvl.eval.report import compare_markdown, load_metrics, run_label, run_markdown, write_chart
-from qwenvl.flare.datasets import registry_name, resolve_dataset_name
+from qwenvl.flare.datasets import FLARE_DATASETS, registry_name, resolve_dataset_name
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.raw import SPLIT_FOLDERS
 from qwenvl.flare.runfiles import (
@@ -82,6 +83,28 @@ def registry_names_for(names: Sequence[str] | None, split: str) -> list[str]:
         except KeyError:
             out.append(name)  # a split-specific or custom registry name, or a JSON path
     return list(dict.fromkeys(out))
+
+
+def drop_leaked_val(records: Sequence[dict]) -> tuple[list[dict], dict[str, dict]]:
+    """``records`` without those showing an image byte-identical to an image of their dataset's registered
+    training file (``flare_<name>``; every record of a leaked image goes, so the records about one image stay
+    together: :func:`qwenvl.flare.leaks.drop_leaked`), and per dataset what was dropped. A dataset without a
+    converted training file is kept and reported ``{"checked": False}``."""
+    from qwenvl import data as registry
+    from qwenvl.flare.leaks import drop_leaked
+
+    train: dict[str, list] = {}
+    for record in records:
+        dataset = (record.get("meta") or {}).get("dataset")
+        entry = registry.data_dict.get(registry_name(dataset, "train")) if dataset in FLARE_DATASETS else None
+        if dataset in train or entry is None or not Path(entry["annotation_path"]).is_file():
+            continue
+        train[dataset] = json.loads(Path(entry["annotation_path"]).read_text(encoding="utf-8"))
+    kept, found = drop_leaked(records, train)
+    unchecked = sorted(d for d, f in found.items() if f.get("checked") is False)
+    if unchecked:
+        log.warning("no converted training file for %s: their records were not checked for leaks", unchecked)
+    return kept, found
 
 
 def load_eval_records(names: Sequence[str], limit: int | None = None) -> list[dict]:
@@ -219,6 +242,7 @@ class EvalOptions:
     attn_implementation: str | None = None
     progress: bool = True
     free_decoding: bool = False  # no format constraint (constrained decoding is the default)
+    drop_leaked_val: bool = False
 
 
 def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> EvaluationResult:
@@ -231,6 +255,9 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
         raise ValueError(f"the datasets {', '.join(names)} hold no records")
     if options.compare:
         load_metrics(options.compare)  # fail before loading the model, not after generating
+    dropped = None
+    if options.drop_leaked_val:
+        records, dropped = drop_leaked_val(records)
     info: dict[str, Any] = {
         "model_path": options.model_path,
         "split": options.split,
@@ -244,6 +271,8 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
             if any(record_task(r) == t for r in records)
         },
     }
+    if dropped is not None:
+        info["dropped_leaked_val"] = dropped
     if generator is None:
         from qwenvl.eval.generate import BatchGenerator, load_for_generation
 
