@@ -70,6 +70,5 @@ def test_gpu_check_tiny_writes_every_step(tmp_path: Path, demo_converted: Path) 
             )
         assert step["attn_implementation"] == env_report["attention_choice"]
         assert step["projected_starter_epoch_s"] > 0 and step["projected_all19_epoch_s"] > 0
-    assert sum(s["status"] == "ok" for s in report["steps"].values()) >= 1
     table = (out / "gpu_check.md").read_text()
     assert all(f"| {name} |" in table for name in TRAIN_CONFIGS)
