@@ -120,7 +120,8 @@ def test_dataset_names_resolve_to_the_split(registry_at, demo_converted):
 # ------------------------------------------------------------------------------------------ generation
 def _first_step_logits(generator: BatchGenerator, records: list[dict], monkeypatch) -> torch.Tensor:
     """The logits of each record's first new token, captured from the generator's own ``generate`` calls
-    (one row per record, in input order: every record has the same budget here)."""
+    (one row per record, in input order: every record has the same budget here). Free decoding: the
+    constraint masks logits in place."""
     model, captured = generator.model, []
     generate = model.generate
 
@@ -143,8 +144,12 @@ def test_batched_generation_equals_one_by_one(registry_at, demo_converted, tiny_
     records = _val(registry_at, demo_converted, ["neojaundice", "retino", "IU_XRay", "BUSI-det"])[::5]
     assert len(records) >= 4  # prompts of different lengths, 1 to 3 images
     model, processor = tiny_generation.model, tiny_generation.processor
-    batched = _first_step_logits(BatchGenerator(model, processor, 8, 2, progress=False), records, monkeypatch)
-    single = _first_step_logits(BatchGenerator(model, processor, 1, 2, progress=False), records, monkeypatch)
+
+    def logits(batch_size: int, recs: list[dict]) -> torch.Tensor:
+        generator = BatchGenerator(model, processor, batch_size, 2, progress=False, free_decoding=True)
+        return _first_step_logits(generator, recs, monkeypatch)
+
+    batched, single = logits(8, records), logits(1, records)
     assert batched.shape == (len(records), model.config.text_config.vocab_size)
     gap = (batched - single).abs().max().item()
     assert gap < 1e-4
@@ -154,7 +159,7 @@ def test_batched_generation_equals_one_by_one(registry_at, demo_converted, tiny_
     assert len(singles) >= 2
     for i, j in zip(singles, singles[1:] + singles[:1]):
         swapped[i]["image"] = records[j]["image"]
-    other = _first_step_logits(BatchGenerator(model, processor, 8, 2, progress=False), swapped, monkeypatch)
+    other = logits(8, swapped)
     for i in singles:
         assert (other[i] - batched[i]).abs().max().item() > 100 * max(gap, 1e-6)
     unchanged = [i for i in range(len(records)) if i not in singles]
