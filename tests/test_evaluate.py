@@ -236,7 +236,8 @@ def test_unlabelled_split_writes_predictions_only(registry_at, demo_converted, t
     )
     assert rc == 0
     assert "carries no answers: predictions only, no metrics" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "raw_outputs.jsonl", "summary.json"]
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["predictions.json", "raw_outputs.jsonl", "report.html", "summary.json"]
     preds = json.loads((out / "predictions.json").read_text())
     assert len(preds) == 2 and [p["Split"] for p in preds] == ["test", "test"]
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from qwenvl.eval.evaluate import SPLITS, EvalOptions, run_evaluation
+from qwenvl.eval.html_report import DEFAULT_SAMPLES
 from qwenvl.eval.scoring import metrics_markdown, score_files
 from qwenvl.flare.runfiles import EVAL_METRICS_MD
 
@@ -22,7 +23,8 @@ EVALUATE_DOC = r"""Evaluate a checkpoint on FLARE25 data: generate, write challe
 Datasets are FLARE folder names (``BUSI-det``) or registry names (``flare_busi_det``, ``flare_busi_det_val``);
 default: every converted dataset of the split. Pixel limits default to the ones the checkpoint was trained with
 (its run_info.json, else its processor). Writes predictions.json, raw_outputs.jsonl and summary.json; for the
-labelled ``val`` split also metrics.json, metrics.md and metrics.png. See docs/evaluation.md.
+labelled ``val`` split also metrics.json, metrics.md and metrics.png; always report.html, a self-contained page
+(metrics, confusion matrices, samples with boxes drawn) to open in a browser. See docs/evaluation.md.
 """
 
 INFER_DOC = r"""Ask a checkpoint a question about one or more images and print the answer.
@@ -90,7 +92,15 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         help="leave out records whose images are byte-identical to an image of the dataset's converted "
         "training file (every record of such an image; counts in summary.json)",
     )
+    p.add_argument(
+        "--report_samples",
+        type=int,
+        default=DEFAULT_SAMPLES,
+        help=f"samples per dataset in report.html's gallery, worst first (default {DEFAULT_SAMPLES}; 0: none)",
+    )
     a = p.parse_args(argv)
+    if a.report_samples < 0:
+        p.error(f"--report_samples must be 0 or more, got {a.report_samples}")
     return EvalOptions(
         model_path=a.model_path,
         output_dir=a.output_dir,
@@ -106,8 +116,9 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         device=a.device,
         attn_implementation=a.attn_implementation,
         progress=not a.no_progress,
-        drop_leaked_val=a.drop_leaked_val,
         free_decoding=a.free_decoding,
+        report_samples=a.report_samples,
+        drop_leaked_val=a.drop_leaked_val,
     )
 
 

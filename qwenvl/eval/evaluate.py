@@ -17,7 +17,9 @@ Files written into ``output_dir``:
 - ``metrics.json`` / ``metrics.md`` / ``metrics.png``: only when the records carry answers (``val``):
   the scoring library's schema (``docs/metrics.md``) plus an ``evaluation`` block (the summary), Markdown
   tables per task type and dataset, and a bar chart of each dataset's main metric. With a comparison run, a
-  side-by-side table (:func:`qwenvl.eval.report.compare_markdown`) is appended to ``metrics.md``.
+  side-by-side table (:func:`qwenvl.eval.report.compare_markdown`) is appended to ``metrics.md``;
+- ``report.html``: always; one self-contained page to look at (:mod:`qwenvl.eval.html_report`): metric
+  tables, confusion matrices, a gallery with boxes drawn, the comparison.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.eval.generate import Generator, max_new_tokens_for, record_task
+from qwenvl.eval.html_report import DEFAULT_SAMPLES, write_html_report
 from qwenvl.eval.predictions import (
     RAW_SPLIT,
     Prediction,
@@ -49,6 +52,7 @@ from qwenvl.flare.runfiles import (
     EVAL_METRICS_PNG,
     EVAL_PREDICTIONS,
     EVAL_RAW_OUTPUTS,
+    EVAL_REPORT_HTML,
     EVAL_SUMMARY,
 )
 from qwenvl.flare.tasks import TASK_TYPES
@@ -153,13 +157,17 @@ def evaluate_records(
     output_dir: str | os.PathLike,
     run_info: dict | None = None,
     compare_dir: str | os.PathLike | None = None,
+    report_samples: int = DEFAULT_SAMPLES,
 ) -> EvaluationResult:
     """Generate for ``records`` (converted records, e.g. from :func:`load_eval_records`), write the output
     files and, for labelled records, score them. ``run_info`` is merged into the summary (model, settings).
-    ``compare_dir``: another evaluation's folder (or its ``metrics.json``) for a side-by-side table."""
+    ``compare_dir``: another evaluation's folder (or its ``metrics.json``) for a side-by-side table.
+    ``report_samples``: gallery samples per dataset in ``report.html`` (0: none)."""
     out_dir = Path(output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     other = load_metrics(compare_dir) if compare_dir else None  # fail before generating, not after
+    if report_samples < 0:
+        raise ValueError(f"--report_samples must be 0 or more, got {report_samples}")
     t0 = time.time()
     generations = list(generator(records))
     seconds = time.time() - t0
@@ -187,6 +195,7 @@ def evaluate_records(
         )
     write_json_atomic(out_dir / EVAL_PREDICTIONS, scored.predictions)
     write_raw_outputs(out_dir / EVAL_RAW_OUTPUTS, records, outputs)
+    report = out_dir / EVAL_REPORT_HTML  # written last, from the same data as the other files
     write_json_atomic(out_dir / EVAL_SUMMARY, summary)
     result = EvaluationResult(
         out_dir,
@@ -200,6 +209,8 @@ def evaluate_records(
             "the records carry no answers (hidden validation / test inputs): wrote %s only, no metrics",
             out_dir / EVAL_PREDICTIONS,
         )
+        write_html_report(report, records, outputs, scored.predictions, summary, max_samples=report_samples)
+        result.files.append(EVAL_REPORT_HTML)
         return result
     if scored.n_labelled < len(records):
         log.warning(
@@ -219,6 +230,11 @@ def evaluate_records(
         metrics, out_dir / EVAL_METRICS_PNG, other, run_label(out_dir), run_label(Path(compare_dir or "."))
     )
     result.files += [EVAL_METRICS_JSON, EVAL_METRICS_MD, EVAL_METRICS_PNG]
+    names = (run_label(out_dir), run_label(Path(compare_dir or ".")))
+    write_html_report(
+        report, records, outputs, scored.predictions, summary, metrics, other, *names, report_samples
+    )
+    result.files.append(EVAL_REPORT_HTML)
     return result
 
 
@@ -241,8 +257,9 @@ class EvalOptions:
     device: str | None = None
     attn_implementation: str | None = None
     progress: bool = True
-    free_decoding: bool = False  # no format constraint (constrained decoding is the default)
     drop_leaked_val: bool = False
+    report_samples: int = DEFAULT_SAMPLES
+    free_decoding: bool = False  # no format constraint (constrained decoding is the default)
 
 
 def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> EvaluationResult:
@@ -294,4 +311,6 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
             free_decoding=options.free_decoding,
         )
         info["max_new_tokens"] = generator.budgets(records)  # per dataset/task type, derived from training
-    return evaluate_records(records, generator, options.output_dir, info, options.compare)
+    return evaluate_records(
+        records, generator, options.output_dir, info, options.compare, options.report_samples
+    )
