@@ -10,15 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from qwenvl.flare.tasks import (
-    CLASSIFICATION,
-    COUNTING,
-    DETECTION,
-    INSTANCE_DETECTION,
-    MULTI_LABEL,
-    REGRESSION,
-    REPORT_GENERATION,
-)
+from qwenvl.flare import tasks as T
 
 
 @dataclass(frozen=True)
@@ -55,33 +47,37 @@ def _cfg(name, modality, task_types, **kw) -> tuple[str, DatasetConfig]:
 FLARE_DATASETS: dict[str, DatasetConfig] = dict(
     [
         _cfg(
-            "retino", "Retinography", [CLASSIFICATION], starter=True, known_counts={"train": 1113, "val": 279}
+            "retino",
+            "Retinography",
+            [T.CLASSIFICATION],
+            starter=True,
+            known_counts={"train": 1113, "val": 279},
         ),
-        _cfg("fundus", "Retinography", [CLASSIFICATION]),
-        _cfg("BUSI-det", "Ultrasound", [DETECTION], starter=True, known_counts={"train": 517, "val": 130}),
-        _cfg("BUS-UCLM-det", "Ultrasound", [DETECTION], known_counts={"val": 45}),
-        _cfg("BUSI", "Ultrasound", [CLASSIFICATION], known_counts={"val": 156}),
-        _cfg("BUS-UCLM", "Ultrasound", [CLASSIFICATION], known_counts={"val": 161}),
-        _cfg("iugc", "Ultrasound", [CLASSIFICATION, DETECTION, REGRESSION]),
-        _cfg("boneresorption", "Xray", [REGRESSION], starter=True, known_counts={"train": 702}),
-        _cfg("dental", "Xray", [CLASSIFICATION]),
-        _cfg("periapical", "Xray", [MULTI_LABEL]),
-        _cfg("IU_XRay", "Xray", [REPORT_GENERATION], max_images=2, known_counts={"val": 1945}),
-        _cfg("chestdr", "Xray", [CLASSIFICATION, MULTI_LABEL], known_counts={"val": 970}),
+        _cfg("fundus", "Retinography", [T.CLASSIFICATION]),
+        _cfg("BUSI-det", "Ultrasound", [T.DETECTION], starter=True, known_counts={"train": 517, "val": 130}),
+        _cfg("BUS-UCLM-det", "Ultrasound", [T.DETECTION], known_counts={"val": 45}),
+        _cfg("BUSI", "Ultrasound", [T.CLASSIFICATION], known_counts={"val": 156}),
+        _cfg("BUS-UCLM", "Ultrasound", [T.CLASSIFICATION], known_counts={"val": 161}),
+        _cfg("iugc", "Ultrasound", [T.CLASSIFICATION, T.DETECTION, T.REGRESSION]),
+        _cfg("boneresorption", "Xray", [T.REGRESSION], starter=True, known_counts={"train": 702}),
+        _cfg("dental", "Xray", [T.CLASSIFICATION]),
+        _cfg("periapical", "Xray", [T.MULTI_LABEL]),
+        _cfg("IU_XRay", "Xray", [T.REPORT_GENERATION], max_images=2, known_counts={"val": 1945}),
+        _cfg("chestdr", "Xray", [T.CLASSIFICATION, T.MULTI_LABEL], known_counts={"val": 970}),
         _cfg(
             "neojaundice",
             "Clinical",
-            [CLASSIFICATION],
+            [T.CLASSIFICATION],
             max_images=3,
             starter=True,
             known_counts={"train": 596, "val": 149},
         ),
-        _cfg("chromosome", "Microscopy", [INSTANCE_DETECTION]),
-        _cfg("neurips22cell", "Microscopy", [COUNTING], known_counts={"val": 100}),
-        _cfg("bone_marrow", "Microscopy", [CLASSIFICATION], starter=True, known_counts={"train": 722}),
-        _cfg("endo", "Endoscopy", [CLASSIFICATION], max_images=2, known_counts={"val": 16}),
-        _cfg("bcn20000", "Dermatology", [CLASSIFICATION], known_counts={"val": 716}),
-        _cfg("CMMD", "Mammography", [CLASSIFICATION], max_images=2, known_counts={"val": 910}),
+        _cfg("chromosome", "Microscopy", [T.INSTANCE_DETECTION]),
+        _cfg("neurips22cell", "Microscopy", [T.COUNTING], known_counts={"val": 100}),
+        _cfg("bone_marrow", "Microscopy", [T.CLASSIFICATION], starter=True, known_counts={"train": 722}),
+        _cfg("endo", "Endoscopy", [T.CLASSIFICATION], max_images=2, known_counts={"val": 16}),
+        _cfg("bcn20000", "Dermatology", [T.CLASSIFICATION], known_counts={"val": 716}),
+        _cfg("CMMD", "Mammography", [T.CLASSIFICATION], max_images=2, known_counts={"val": 910}),
     ]
 )
 

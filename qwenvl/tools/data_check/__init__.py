@@ -19,9 +19,7 @@ Three sections, each PASSED or FAILED, then the summary of the user's guide (``T
 :mod:`.report` runs the sections in order and renders them and the summary; :mod:`.cli` is the command line
 (``main``); :mod:`.config` holds the settings (:class:`DataCheckConfig`).
 
-Datasets checked by default: every registered entry whose ``split`` is ``train`` (a converted
-``<dataset>_train.json``), plus entries registered through ``$QWENVL_EXTRA_DATASETS`` (no split) that are
-``labelled``. Validation, hidden-validation and test files are not training data and are left out.
+Which datasets are checked by default: see :mod:`.annotations`.
 """
 
 from __future__ import annotations
