@@ -27,6 +27,7 @@ from typing import Any
 
 from qwenvl.eval.predictions import Prediction, SourceFiles, ground_truth_pairs
 from qwenvl.eval.report_images import GT_COLOUR, PRED_COLOUR, THUMB_SIDE, box_list, image_uri, thumbnail
+from qwenvl.eval.scoring import format_value
 from qwenvl.flare.images import load_rgb
 from qwenvl.flare.parsing import parse_options
 from qwenvl.flare.schema import images_of
@@ -133,14 +134,6 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
-
-
 def _anchor(i: int) -> str:
     return f"ds-{i}"
 
@@ -186,7 +179,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") 
 
 
 def _td(value: Any, num: bool = False, extra: str = "") -> str:
-    return f'<td class="{"num " if num else ""}{extra}">{esc(fmt(value))}</td>'
+    return f'<td class="{"num " if num else ""}{extra}">{esc(format_value(value))}</td>'
 
 
 def _header(summary: dict, metrics: dict | None) -> str:
@@ -231,7 +224,7 @@ def _header(summary: dict, metrics: dict | None) -> str:
 
 def _metric_cell(value: Any, higher: bool) -> str:
     if isinstance(value, (int, float)) and higher and 0 <= value <= 1:
-        return f'<td class="num"><span class="bar" style="width:{round(value * 80)}px"></span>{esc(fmt(value))}</td>'
+        return f'<td class="num"><span class="bar" style="width:{round(value * 80)}px"></span>{esc(format_value(value))}</td>'
     return _td(value, num=True)
 
 
@@ -403,7 +396,7 @@ def _card(s: Sample, boxes: bool) -> str:
         )
     if s.gt is not None and p.task_type in TASKS:
         parts.append(
-            f"<div class='small'>{esc(TASKS[p.task_type].main_metric)} of this sample: {esc(fmt(s.score))}</div>"
+            f"<div class='small'>{esc(TASKS[p.task_type].main_metric)} of this sample: {esc(format_value(s.score))}</div>"
         )
     return f"<div class='card {v}'>{''.join(parts)}</div>"
 

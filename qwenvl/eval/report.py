@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qwenvl.eval.scoring import metrics_markdown
+from qwenvl.eval.scoring import format_value, metrics_markdown
 from qwenvl.flare.runfiles import EVAL_METRICS_JSON
 from qwenvl.flare.tasks import TASKS
 
@@ -54,12 +54,6 @@ def load_metrics(path: str | os.PathLike) -> dict:
     return data
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def _delta(a: Any, b: Any) -> str:
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return "n/a"
@@ -97,7 +91,7 @@ def compare_markdown(this: dict, other: dict, this_name: str = "this", other_nam
         "|---|---|---|---|---|",
     ]
     for scope, metric, a, b in _comparison_rows(this, other):
-        lines.append(f"| {scope} | {metric} | {_fmt(a)} | {_fmt(b)} | {_delta(a, b)} |")
+        lines.append(f"| {scope} | {metric} | {format_value(a)} | {format_value(b)} | {_delta(a, b)} |")
     return "\n".join(lines) + "\n"
 
 

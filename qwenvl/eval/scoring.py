@@ -382,7 +382,8 @@ def score_files(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A metric value as it is shown in tables: 4 decimals, ``n/a`` for a missing value."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -407,7 +408,7 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
             (name, g) for name, g in metrics["by_dataset"].items() if g["task_type"] == task
         ]
         for name, group in rows:
-            lines.append("| " + " | ".join([name] + [_fmt(group.get(c)) for c in header[1:]]) + " |")
+            lines.append("| " + " | ".join([name] + [format_value(group.get(c)) for c in header[1:]]) + " |")
         if TASKS[task].note:
             lines += ["", f"_{TASKS[task].note}_"]
     return "\n".join(lines) + "\n"
