@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.eval.predictions import Prediction, SourceFiles, ground_truth_pairs
+from qwenvl.eval.report import comparison_rows
 from qwenvl.eval.report_images import GT_COLOUR, PRED_COLOUR, THUMB_SIDE, box_list, image_uri, thumbnail
 from qwenvl.eval.scoring import format_value
 from qwenvl.flare.images import load_rgb
@@ -265,21 +266,6 @@ def _overview(groups: list[str], summary: dict, metrics: dict | None) -> str:
     header = ["dataset", "n", *(["main metric", "value"] if metrics is not None else [])]
     parts += ["<h3>By dataset</h3>", _table([*header, "unparsable", "failed", "cut"], rows)]
     return "".join(parts)
-
-
-def comparison_rows(this: dict, other: dict) -> list[tuple[str, str, bool, Any, Any]]:
-    """``(scope, main metric, higher is better, this value, other value)`` per task type (``all <task>``)
-    and per dataset of either run."""
-    rows = []
-    for section, prefix in (("by_task", "all "), ("by_dataset", "")):
-        mine, theirs = this.get(section, {}), other.get(section, {})
-        for name in [*mine, *(n for n in theirs if n not in mine)]:
-            a, b = mine.get(name, {}), theirs.get(name, {})
-            task = TASKS.get(name if section == "by_task" else (a or b).get("task_type", ""))
-            if task is not None:
-                m = task.main_metric
-                rows.append((prefix + name, m, task.higher_is_better, a.get(m), b.get(m)))
-    return rows
 
 
 def _comparison(this: dict, other: dict, this_name: str, other_name: str) -> str:

@@ -60,22 +60,18 @@ def _delta(a: Any, b: Any) -> str:
     return f"{a - b:+.4f}"
 
 
-def _comparison_rows(this: dict, other: dict) -> list[tuple[str, str, Any, Any]]:
+def comparison_rows(this: dict, other: dict) -> list[tuple[str, str, bool, Any, Any]]:
+    """``(scope, main metric, higher is better, this value, other value)`` per task type (``all <task>``)
+    and per dataset of either run."""
     rows = []
     for section, prefix in (("by_task", "all "), ("by_dataset", "")):
-        names = list(this.get(section, {})) + [
-            n for n in other.get(section, {}) if n not in this.get(section, {})
-        ]
-        for name in names:
-            a, b = this.get(section, {}).get(name, {}), other.get(section, {}).get(name, {})
-            task = name if section == "by_task" else (a or b).get("task_type")
-            if task not in TASKS:
-                continue
-            metric, higher = TASKS[task].main_metric, TASKS[task].higher_is_better
-            label = f"{metric} {'(higher is better)' if higher else '(lower is better)'}"
-            rows.append(
-                (f"{prefix}{name}" if section == "by_task" else name, label, a.get(metric), b.get(metric))
-            )
+        mine, theirs = this.get(section, {}), other.get(section, {})
+        for name in [*mine, *(n for n in theirs if n not in mine)]:
+            a, b = mine.get(name, {}), theirs.get(name, {})
+            task = TASKS.get(name if section == "by_task" else (a or b).get("task_type", ""))
+            if task is not None:
+                m = task.main_metric
+                rows.append((prefix + name, m, task.higher_is_better, a.get(m), b.get(m)))
     return rows
 
 
@@ -90,7 +86,8 @@ def compare_markdown(this: dict, other: dict, this_name: str = "this", other_nam
         f"| scope | metric | {this_name} | {other_name} | delta |",
         "|---|---|---|---|---|",
     ]
-    for scope, metric, a, b in _comparison_rows(this, other):
+    for scope, main, higher, a, b in comparison_rows(this, other):
+        metric = f"{main} {'(higher is better)' if higher else '(lower is better)'}"
         lines.append(f"| {scope} | {metric} | {format_value(a)} | {format_value(b)} | {_delta(a, b)} |")
     return "\n".join(lines) + "\n"
 
