@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from transformers import LogitsProcessor
@@ -44,7 +45,7 @@ from qwenvl.flare.tasks import TASKS, normalize_task_type
 
 log = logging.getLogger(__name__)
 
-BUDGET_MARGIN = 1.5  # a derived budget is this many times the longest training answer's tokens...
+BUDGET_MARGIN = 1.5  # a derived budget is this many times the longest training answer (bytes or tokens)...
 BUDGET_SLACK = 16  # ...plus this many tokens
 FALLBACK_MAX_NEW_TOKENS = 256  # a record without a known task type
 
@@ -84,25 +85,31 @@ class TrainingAnswers:
     questions: tuple[str, ...]
 
 
-@lru_cache(maxsize=256)
-def _read_training_answers(path: str, mtime_ns: int, size: int, task: str) -> TrainingAnswers:
+@lru_cache(maxsize=64)
+def _read_training_answers(path: str, mtime_ns: int, size: int) -> dict[str, TrainingAnswers]:
+    """A converted training file's labelled answers by task type (read again when the file changes)."""
     try:
-        records = json.loads(open(path, encoding="utf-8").read())
+        records = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        log.warning("%s: cannot read the training answers (%s); using the task's defaults", path, exc)
+        log.warning(
+            "%s: cannot read its training answers (%s); budgets and answer patterns fall back to the task "
+            "defaults. Re-convert it with data_conversion/convert_flare_to_qwen3vl.py",
+            path,
+            exc,
+        )
         records = []
-    targets, questions = [], []
+    found: dict[str, tuple[list[str], list[str]]] = {}
     for record in records if isinstance(records, list) else []:
-        if not isinstance(record, dict) or record_task(record) != task:
-            continue
-        if not (record.get("meta") or {}).get("has_answer", True):
+        task = record_task(record) if isinstance(record, dict) else None
+        if task is None or not (record.get("meta") or {}).get("has_answer", True):
             continue
         turns = record.get("conversations") or []
         answer = turns[-1].get("value") if turns and isinstance(turns[-1], dict) else None
         if isinstance(answer, str) and answer.strip():
+            targets, questions = found.setdefault(task, ([], []))
             targets.append(answer)
             questions.append(record_question(record))
-    return TrainingAnswers(path, tuple(targets), tuple(questions))
+    return {task: TrainingAnswers(path, tuple(t), tuple(q)) for task, (t, q) in found.items()}
 
 
 def training_answers(record: dict) -> TrainingAnswers | None:
@@ -120,16 +127,15 @@ def training_answers(record: dict) -> TrainingAnswers | None:
     if not path or not os.path.isfile(path):
         return None
     stat = os.stat(path)
-    found = _read_training_answers(os.path.abspath(path), stat.st_mtime_ns, stat.st_size, task)
-    return found if found.targets else None
+    return _read_training_answers(os.path.abspath(path), stat.st_mtime_ns, stat.st_size).get(task)
 
 
 # -------------------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class AnswerPlan:
     """How one record is answered: the new-token budget (end-of-turn token included), the pattern the answer
-    must match (``None`` = free text) and where the budget came from (``argument``, ``training answers``,
-    ``task default``)."""
+    must match (``None`` = free text) and where the budget came from (``argument``, ``training answers
+    (bytes)`` or ``(tokens)``, ``task default``; `` + pattern`` when raised to the pattern's longest match)."""
 
     budget: int
     pattern: str | None
@@ -218,9 +224,9 @@ class AnswerPlanner:
             self._hints[key] = TASKS[task].answer_hints(answers.targets, answers.questions)
         return replace(self._hints[key], box_format=box_format)
 
-    def pattern(self, record: dict, budget: int) -> str | None:
-        """The record's pattern for a budget of ``budget`` new tokens, one of which the end-of-turn token
-        takes (``None``: free text or free decoding)."""
+    def _fitted_pattern(self, record: dict, budget: int) -> str | None:
+        """The record's pattern fitted to a room budget of ``budget`` new tokens, one of which the end-of-turn
+        token takes (``None``: free text or free decoding). Use :meth:`plan`: its budget may be larger."""
         if not self.constrained(record):
             return None
         task = record_task(record) or ""
@@ -230,7 +236,7 @@ class AnswerPlanner:
         """The record's budget and pattern: the pattern fitted to the room budget, and the budget raised to
         the pattern's longest match + 1 when the pattern needs more."""
         budget, source = self._room_budget(record)
-        pattern = self.pattern(record, budget)
+        pattern = self._fitted_pattern(record, budget)
         longest = longest_match_bytes(pattern) if pattern is not None else None
         if longest is not None and longest + 1 > budget:
             budget, source = longest + 1, f"{source} + pattern"
