@@ -1,6 +1,6 @@
 """Evaluation and inference: prompts as in training, batched greedy generation, challenge-format predictions,
-grid -> pixel boxes, unparsable counting, comparison tables, the inference CLI, training-time generation
-metrics, and the decisive check that a demo-trained tiny model scores above the untrained one."""
+grid -> pixel boxes, unparsable counting, comparison tables, the inference CLI, and the decisive check that a
+demo-trained tiny model scores above the untrained one (training-time metrics: test_generation_eval.py)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,6 @@ import pytest
 import torch
 
 from qwenvl.data.processing import record_to_messages, render_text
-from qwenvl.eval.callback import (
-    GenerationEvalCallback,
-    flatten_metrics,
-    generation_eval_records,
-    shard_plan,
-)
 from qwenvl.eval.evaluate import (
     compare_markdown,
     evaluate_records,
@@ -465,92 +459,6 @@ def test_documented_usage_code_runs_on_a_checkpoint(tiny_dir, demo_converted, ca
     exec(compile(second, "docs/evaluation.md", "exec"), namespace)
     w, h = namespace["image"].size
     assert namespace["pixel_boxes"] == [[0.0, 0.0, round(w / 2, 1), float(h)]]
-
-
-# ------------------------------------------------------------------------------- metrics in training
-def test_shard_plan_gives_every_rank_the_same_number_of_calls(registry_at, demo_converted):
-    records = _val(registry_at, demo_converted, ["retino", "BUSI-det"])[:9]  # 6 classification, 3 detection
-    budgets = {"classification": 16, "detection": 256}
-    plans = [shard_plan(records, rank, 2, lambda r: budgets[r["meta"]["task_type"]]) for rank in range(2)]
-    assert [len(p) for p in plans] == [5, 5]  # 3 + 2 per rank, one padding slot on rank 1
-    kept = sorted(i for p in plans for i, keep in p if keep)
-    assert kept == list(range(9))
-    assert [(i, keep) for i, keep in plans[1] if not keep] == [(6, False)]
-
-
-def test_flatten_metrics_names():
-    metrics = {
-        "by_task": {"classification": {"balanced_accuracy": 0.5, "n_unparsable": 1}},
-        "by_dataset": {
-            "retino": {"task_type": "classification", "balanced_accuracy": 0.5},
-            "iugc/regression": {"task_type": "regression", "mae": None},
-        },
-    }
-    assert flatten_metrics(metrics) == {
-        "gen_all_classification_balanced_accuracy": 0.5,
-        "gen_retino_balanced_accuracy": 0.5,
-        "gen_n_unparsable": 1.0,
-    }
-
-
-def test_generation_eval_callback_logs_every_n_steps(registry_at, demo_converted, tiny_generation, tmp_path):
-    from transformers import TrainerControl, TrainerState
-
-    registry_at(demo_converted)
-    records = generation_eval_records("flare_retino%50,flare_busi_det", "", 2)
-    assert [r["meta"]["dataset"] for r in records] == ["retino", "retino", "BUSI-det", "BUSI-det"]
-    logged: list[dict] = []
-    callback = GenerationEvalCallback(
-        records, tiny_generation.processor, eval_steps=2, log_fn=logged.append, max_new_tokens=2
-    )
-    args = type("Args", (), {"output_dir": str(tmp_path)})()
-    callback.on_step_end(args, TrainerState(global_step=1), TrainerControl(), model=tiny_generation.model)
-    assert logged == []
-    callback.on_step_end(args, TrainerState(global_step=2), TrainerControl(), model=tiny_generation.model)
-    assert len(logged) == 1
-    assert {"gen_retino_balanced_accuracy", "gen_BUSI-det_f1", "gen_n_unparsable", "gen_seconds"} <= set(
-        logged[0]
-    )
-    assert logged[0]["gen_n_unparsable"] == 0.0  # constrained, like evaluation: the untrained model parses
-    detail = json.loads((tmp_path / "generation_eval" / "step-2.json").read_text())
-    assert len(detail["outputs"]) == 4 and detail["metrics"]["n_gt"] == 4
-    with pytest.raises(ValueError, match="labelled validation data"):
-        generation_eval_records("flare_no_such_dataset", "", 2)
-
-
-def test_generation_eval_callback_inside_a_trainer_run(registry_at, demo_converted, tiny_dir, tmp_path):
-    """The wiring the lead adds to train_qwen.py: metrics reach trainer.log, training goes on afterwards."""
-    from transformers import TrainingArguments
-
-    from qwenvl.data.collator import PaddedCollator
-    from qwenvl.data.dataset import build_supervised_dataset
-    from qwenvl.model import load_model, load_processor
-    from qwenvl.train.trainer import QwenVLTrainer
-
-    registry_at(demo_converted)
-    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
-    train = build_supervised_dataset("flare_retino", processor, 4096, seed=0)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )  # fmt: skip
-    model = load_model(tiny_dir, dtype="float32")
-    trainer = QwenVLTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        data_collator=PaddedCollator(processor.tokenizer.pad_token_id),
-    )
-    records = generation_eval_records("flare_retino", "", 3)
-    callback = GenerationEvalCallback(records, processor, eval_steps=2, log_fn=trainer.log, max_new_tokens=2)
-    trainer.add_callback(callback)
-    trainer.train()
-    logged = [entry for entry in trainer.state.log_history if "gen_retino_balanced_accuracy" in entry]
-    assert [entry["step"] for entry in logged] == [2, 4]
-    assert sum("loss" in entry for entry in trainer.state.log_history) == 4  # training went on
-    assert model.training
-    assert sorted(p.name for p in (tmp_path / "generation_eval").iterdir()) == ["step-2.json", "step-4.json"]
 
 
 # ------------------------------------------------------------------------- trained beats untrained
