@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from qwenvl.flare.answers import tidy_number
 from qwenvl.flare.metrics import mae_metrics
 from qwenvl.flare.parsing import clean_text, parse_number, parse_options
-from qwenvl.flare.patterns import NO_HINTS, AnswerHints
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints, number_widths
 from qwenvl.flare.schema import PROMPT_VERBATIM
 
 FALLBACK_TEXT = "No abnormality detected."  # TaskType.fallback_answer of a free-text task without options
@@ -134,6 +134,10 @@ class NumericTask(TaskType):
 
     def fallback_answer(self, question: str | None) -> Any:
         return 0
+
+    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
+        digits, decimals = number_widths(targets)
+        return AnswerHints(max_digits=digits, max_decimals=decimals, n_answers=len(targets))
 
     def metrics(
         self, gts: Sequence[Any], preds: Sequence[Any], green: Sequence[float | None] | None = None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from qwenvl.flare.answers import read_count
-from qwenvl.flare.patterns import NO_HINTS, AnswerHints, integer, number_widths
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints, integer
 from qwenvl.flare.tasks.base import NumericTask
 
 MIN_DIGITS = 6  # a constrained count may have this many digits even if no training count had as many
@@ -17,10 +16,6 @@ class Counting(NumericTask):
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
         return read_count(answer)
-
-    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
-        digits, decimals = number_widths(targets)
-        return AnswerHints(max_digits=digits, max_decimals=decimals, n_answers=len(targets))
 
     def answer_pattern(
         self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None

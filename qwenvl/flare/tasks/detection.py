@@ -6,34 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwenvl.flare import metrics as M
-from qwenvl.flare.answers import boxes_target, read_box_list, read_literal, target_boxes_problem
-from qwenvl.flare.boxes import format_boxes, record_boxes_to_pixels
+from qwenvl.flare.answers import boxes_target, read_box_list, read_literal
 from qwenvl.flare.parsing import parse_boxes
 from qwenvl.flare.patterns import NO_HINTS, AnswerHints, box, box_list, most_repeats, number_widths
-from qwenvl.flare.tasks.base import TaskType
-from qwenvl.flare.tasks.box_prompt import grid_prompt
+from qwenvl.flare.tasks.box_task import BoxTask
 
 
-class Detection(TaskType):
+class Detection(BoxTask):
     name = "detection"
-    metric_columns = ("f1", "precision", "recall", "tp", "fp", "fn")
-    main_metric = "f1"
     max_new_tokens = 256  # about 20 tokens a box
     max_boxes = 100  # the most boxes a constrained answer may hold, whatever the budget
     min_boxes = 4  # boxes a constrained answer may always hold (twice the training answers' most, if more)
-    has_boxes = True
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
         return boxes_target(read_box_list(read_literal(answer)), size, box_format)
-
-    def target_problem(self, answer: str, box_format: str | None) -> str | None:
-        return target_boxes_problem(self.name, answer, box_format, by_instance=False)
-
-    def prompt(self, question: str, box_format: str | None) -> str:
-        return grid_prompt(question, box_format)[0]
-
-    def prompt_rule(self, question: str, box_format: str | None) -> str:
-        return grid_prompt(question, box_format)[1]
 
     def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
         digits, decimals = number_widths(targets)
@@ -57,9 +43,6 @@ class Detection(TaskType):
 
     def parse(self, answer: object, question: str | None = None) -> list | None:
         return parse_boxes(answer)
-
-    def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
-        return format_boxes(record_boxes_to_pixels(value, meta))
 
     def fallback_answer(self, question: str | None) -> Any:
         return "[]"  # no box: costs recall, never a parse failure

@@ -8,8 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from qwenvl.flare import metrics as M
-from qwenvl.flare.answers import boxes_target, read_instance_boxes, read_literal, target_boxes_problem
-from qwenvl.flare.boxes import format_boxes, record_boxes_to_pixels
+from qwenvl.flare.answers import boxes_target, read_instance_boxes, read_literal
 from qwenvl.flare.parsing import parse_instances
 from qwenvl.flare.patterns import (
     NO_HINTS,
@@ -28,8 +27,7 @@ from qwenvl.flare.patterns import (
     ordered_subset,
     seq,
 )
-from qwenvl.flare.tasks.base import TaskType
-from qwenvl.flare.tasks.box_prompt import grid_prompt
+from qwenvl.flare.tasks.box_task import BoxTask
 
 # An instance id the model makes up when the training answers name none: a quoted short name.
 _FREE_ID = Rx('"[0-9A-Za-z_-]{1,8}"', 3, 10)
@@ -40,29 +38,18 @@ def _instances(entries: Rx | None) -> Rx:
     return seq(lit("{"), opt(entries), lit("}")) if entries is not None else lit("{}")
 
 
-class InstanceDetection(TaskType):
+class InstanceDetection(BoxTask):
     name = "instance_detection"
-    metric_columns = ("f1", "precision", "recall", "tp", "fp", "fn")
-    main_metric = "f1"
+    by_instance = True
     # A 46-chromosome karyotype is about 1,100 tokens; held to the pattern with ids it does not know (no
     # converted training answers), up to 24 ids of 2 boxes take up to 1,600 bytes.
     max_new_tokens = 2048
     max_instances = 64  # the most ids a constrained answer may hold when the training ids are unknown
     max_boxes_per_instance = 8  # the most boxes of one id in a constrained answer
     default_boxes_per_instance = 2  # boxes per id when no training answer says (a chromosome pair)
-    has_boxes = True
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
         return boxes_target(read_instance_boxes(read_literal(answer)), size, box_format)
-
-    def target_problem(self, answer: str, box_format: str | None) -> str | None:
-        return target_boxes_problem(self.name, answer, box_format, by_instance=True)
-
-    def prompt(self, question: str, box_format: str | None) -> str:
-        return grid_prompt(question, box_format)[0]
-
-    def prompt_rule(self, question: str, box_format: str | None) -> str:
-        return grid_prompt(question, box_format)[1]
 
     def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
         answers = [v for v in (parse_instances(t) for t in targets) if v is not None]
@@ -107,9 +94,6 @@ class InstanceDetection(TaskType):
 
     def parse(self, answer: object, question: str | None = None) -> dict | None:
         return parse_instances(answer)
-
-    def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
-        return format_boxes(record_boxes_to_pixels(value, meta))
 
     def fallback_answer(self, question: str | None) -> Any:
         return "{}"  # no instance: costs recall, never a parse failure

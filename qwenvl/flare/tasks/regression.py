@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from qwenvl.flare.answers import format_number, read_number
-from qwenvl.flare.patterns import NO_HINTS, AnswerHints, fit_decimal, number_widths
+from qwenvl.flare.patterns import NO_HINTS, AnswerHints, fit_decimal
 from qwenvl.flare.tasks.base import NumericTask
 
 MIN_DIGITS = 6  # integer digits a constrained number may have even if no training answer had as many
@@ -18,10 +17,6 @@ class Regression(NumericTask):
 
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
         return format_number(read_number(answer))
-
-    def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
-        digits, decimals = number_widths(targets)
-        return AnswerHints(max_digits=digits, max_decimals=decimals, n_answers=len(targets))
 
     def answer_pattern(
         self, question: str | None, hints: AnswerHints = NO_HINTS, max_bytes: int | None = None
