@@ -12,7 +12,7 @@ Qwen3-VL finetune code reads, plus a ``meta`` block that keeps each record's ori
       ],
       "meta": {
         "dataset": "BUSI-det",                # folder name
-        "task_type": "detection",             # normalised (dataset_configs.TASK_TYPES)
+        "task_type": "detection",             # normalised (qwenvl.flare.tasks.TASK_TYPES)
         "modality": "Ultrasound",             # modality folder
         "split": "train",                     # train | val | val_hidden | test
         "source_split_folder": "training",    # raw folder it came from
