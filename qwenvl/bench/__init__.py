@@ -1,4 +1,5 @@
-"""Benchmark the guide's training configuration against packing and LoRA on the same data."""
+"""Benchmark the guide's training configuration against packing and LoRA on the same data, and the one-call GPU
+check (scripts/gpu_check.sh)."""
 
 from qwenvl.bench.configs import (
     ALL19_SAMPLES,
