@@ -9,6 +9,7 @@ type is one module in this package, its tests and a demo builder (``data_convers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -33,6 +34,7 @@ class TaskType:
     has_boxes: ClassVar[bool] = False  # answers are boxes (0-1000 grid in training, pixels in the challenge)
     judged: ClassVar[bool] = False  # scored by a judge model (GREEN) when one is given
     note: ClassVar[str | None] = None  # a caveat shown beside its metrics
+    reward_note: ClassVar[str]  # one line: what :meth:`reward` scores (README reward table, GRPO run log)
 
     # ------------------------------------------------------------------ conversion (raw answer -> target)
     def target(self, answer: Any, size: tuple[int, int], box_format: str) -> str:
@@ -91,6 +93,17 @@ class TaskType:
         (:func:`qwenvl.flare.patterns.longest_match_bytes`), and no answer is cut at the budget."""
         return None
 
+    # ------------------------------------------------------------------------ the constant-answer baseline
+    def constant_answer(self, targets: Sequence[str]) -> str | None:
+        """The one answer, in training-target form, that scores best when given to every record of a
+        dataset whose training targets are ``targets`` (the constant-answer baseline); ``None`` when there
+        are none. Default: the most frequent target, the earliest of equally frequent ones (a class prior; for
+        box and free-text tasks the most common box list or report)."""
+        counts: dict[str, int] = {}
+        for target in targets:
+            counts[target] = counts.get(target, 0) + 1
+        return max(counts, key=counts.__getitem__) if counts else None
+
     # -------------------------------------------------------------------- writing the challenge answer
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         """The challenge ``Answer`` for a parsed model answer ``value`` (never ``None``) of model text
@@ -111,6 +124,15 @@ class TaskType:
     ) -> dict[str, Any]:
         """The metric values of one group of parsed ground truths and predictions (``None`` = unparsable or
         missing). ``green``: per-item judge scores, only for :attr:`judged` tasks when a judge ran."""
+        raise NotImplementedError
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """The reward in [0, 1] of one parsed model answer ``value`` (``None`` = unparsable: 0.0) against the
+        parsed reference (:meth:`parse_reference`, never ``None``), by the challenge's definition of this
+        task's metric applied to the one sample (GRPO, ``qwenvl.flare.rewards``). ``iou_threshold``: the IoU
+        a box must pass to count (box tasks only; ``qwenvl.flare.rewards.iou_threshold_at`` schedules it)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -139,7 +161,27 @@ class NumericTask(TaskType):
         digits, decimals = number_widths(targets)
         return AnswerHints(max_digits=digits, max_decimals=decimals, n_answers=len(targets))
 
+    def constant_answer(self, targets: Sequence[str]) -> str | None:
+        """The lower median of the targets that parse (it minimises the mean absolute error, and is a
+        training target, so an integer for counting), as that target is written; ``None`` when none parse."""
+        pairs = sorted((v, t) for v, t in ((parse_number(t), t) for t in targets) if v is not None)
+        return pairs[(len(pairs) - 1) // 2][1] if pairs else None
+
+    reward_note = "1 / (1 + |err| / max(|ref|, 1)): 1 when exact, 0.5 at an error as large as the reference"
+
     def metrics(
         self, gts: Sequence[Any], preds: Sequence[Any], green: Sequence[float | None] | None = None
     ) -> dict[str, Any]:
         return mae_metrics(gts, preds)
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """A bounded score of the absolute error: ``1 / (1 + |value - reference| / scale)`` with ``scale =
+        max(|reference|, 1)``, so 1.0 when exact, falling monotonically with the error, an error as large as
+        the reference scoring 0.5 whatever the unit (a count of 3, a distance of 40 mm) and small references
+        (0, a count of 1) judged on an absolute scale of 1."""
+        if value is None or not math.isfinite(value):
+            return 0.0
+        scale = max(abs(float(reference)), 1.0)
+        return 1.0 / (1.0 + abs(float(value) - float(reference)) / scale)

@@ -3,6 +3,7 @@ challenge, a prompt that states the grid, an empty box list as the answer that a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from qwenvl.flare.answers import target_boxes_problem
@@ -18,6 +19,19 @@ class BoxTask(TaskType):
     main_metric = "f1"
     has_boxes = True
     by_instance: ClassVar[bool] = False  # answers are an object instance id -> box list
+
+    def box_f1(self, gts: Sequence[Any], preds: Sequence[Any], thr: float) -> dict[str, Any]:
+        """The challenge's F1 counts of parsed answers at IoU threshold ``thr`` (its metric, per task)."""
+        raise NotImplementedError
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """The challenge's F1 of this one answer's boxes (:meth:`box_f1` on one sample, boxes on the same
+        grid as the reference): 1.0 when both list no box, 0.0 when only one does."""
+        if value is None:
+            return 0.0
+        return float(self.box_f1([reference], [value], iou_threshold)["f1"])
 
     def target_problem(self, answer: str, box_format: str | None) -> str | None:
         return target_boxes_problem(self.name, answer, box_format, by_instance=self.by_instance)

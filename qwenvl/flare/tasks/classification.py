@@ -170,5 +170,17 @@ class Classification(TaskType):
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return {"balanced_accuracy": M.balanced_accuracy(gts, preds), "accuracy": M.accuracy(gts, preds)}
 
+    reward_note = "1 for the reference letter if the question offers it, else 0 (group mean = accuracy)"
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """1.0 for the reference letter, 0.0 otherwise; a letter the question does not offer is wrong even
+        if it were the reference (when the question lists options). The mean over a group is its accuracy."""
+        options = parse_options(question)
+        if value is None or (options and value not in options):
+            return 0.0
+        return 1.0 if value == reference else 0.0
+
 
 TASK = Classification()

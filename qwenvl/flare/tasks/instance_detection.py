@@ -101,5 +101,10 @@ class InstanceDetection(BoxTask):
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return M.instance_detection_f1(gts, preds)
 
+    reward_note = "F1 per instance id, a match at IoU >= threshold (0.5, or the loose-to-strict schedule)"
+
+    def box_f1(self, gts: Sequence[Any], preds: Sequence[Any], thr: float) -> dict[str, Any]:
+        return M.instance_detection_f1(gts, preds, thr)
+
 
 TASK = InstanceDetection()

@@ -170,5 +170,16 @@ class MultiLabel(TaskType):
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         return M.multilabel_micro_f1(gts, preds)
 
+    reward_note = "F1 of the answer's label set against the reference set (the challenge's F1 on one sample)"
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """The challenge's F1 (:func:`~qwenvl.flare.metrics.multilabel_micro_f1`) on this one sample:
+        ``2 TP / (2 TP + FP + FN)`` over labels, option letters read as their option's text."""
+        if value is None:
+            return 0.0
+        return float(M.multilabel_micro_f1([reference], [value])["f1"])
+
 
 TASK = MultiLabel()

@@ -37,6 +37,17 @@ class ReportGeneration(TaskType):
     def parse(self, answer: object, question: str | None = None) -> str | None:
         return parse_report(answer)
 
+    reward_note = "ROUGE-L F1 against the reference report: a lexical stand-in, not GREEN"
+
+    def reward(
+        self, value: Any, reference: Any, question: str | None = None, *, iou_threshold: float = 0.5
+    ) -> float:
+        """ROUGE-L F1 of this report (:func:`~qwenvl.flare.metrics.rouge_l` on one sample): a lexical
+        stand-in for the challenge's GREEN score, which needs a 7B judge model per rollout."""
+        if value is None:
+            return 0.0
+        return float(M.rouge_l([reference], [value]))
+
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
         out: dict[str, Any] = {"bleu4": M.bleu4(gts, preds), "rougeL": M.rouge_l(gts, preds)}
         if green is not None:
