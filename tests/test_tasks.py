@@ -155,3 +155,21 @@ def test_nothing_outside_the_task_table_branches_on_task_type_names():
             if TASK_NAME_BRANCH.search(line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_constant_answer_is_the_best_single_answer_of_the_training_targets():
+    """The constant-answer baseline: the most frequent target (a class prior, the most common box list),
+    the lower median for numbers (it minimises the MAE and is a training value)."""
+    cls = task_for("classification")
+    assert cls.constant_answer(["B", "A", "B", "C", "A", "B"]) == "B"
+    assert cls.constant_answer(["C", "A", "A", "C"]) == "C"  # a tie: the earliest
+    assert cls.constant_answer([]) is None
+    assert task_for("detection").constant_answer(["[]", "[[1, 2, 3, 4]]", "[]"]) == "[]"
+    reg, cnt = task_for("regression"), task_for("counting")
+    assert reg.constant_answer(["40.5", "12", "7.25", "100", "x"]) == "12"  # median of 7.25, 12, 40.5, 100
+    assert reg.constant_answer(["3.50", "1", "9"]) == "3.50"  # as the target is written
+    assert cnt.constant_answer(["4", "1", "2", "8"]) == "2"  # lower median: a count, not 3.0
+    assert cnt.constant_answer(["none"]) is None
+    values = [40.5, 12, 7.25, 100]
+    mae = {c: sum(abs(v - c) for v in values) for c in (7.25, 12, 26.25, 100)}
+    assert mae[12] == mae[26.25] < mae[7.25] < mae[100]  # any value between the middle two minimises the MAE
