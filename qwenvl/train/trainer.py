@@ -18,13 +18,17 @@
 4. A micro-batch whose every item was skipped (an image that fails to decode, a record that no longer
    encodes, an empty pack) still runs the forward (same collectives on every rank) but contributes a zero
    loss and zero gradients; it is counted (``empty_batches``) and its records are named in the log
-   (``skipped_records``: dataset, record index, file, reason).
+   (``skipped_records``: dataset, record index, file, reason). When every micro-batch of an optimizer step is
+   empty on every rank (the step's global supervised-token count is 0), the optimizer step itself is skipped:
+   AdamW would still move the weights through weight decay and its momentum. Such steps are counted
+   (``skipped_steps``) and logged with their step number.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import types
 from pathlib import Path
 
 import torch
@@ -71,66 +75,20 @@ def kept_positions_loss(
     return total / num_items_in_batch
 
 
-class QwenVLTrainer(Trainer):
-    """``Trainer`` with per-group learning rates, per-token loss, the vision keep-alive and batch statistics."""
+class QwenVLTrainerMixin:
+    """What every Qwen3-VL trainer of the toolkit adds to an HF ``Trainer`` subclass (the supervised
+    :class:`QwenVLTrainer`, the GRPO trainer): per-group learning rates (:meth:`create_optimizer`),
+    checkpoints with extra files and a completion marker (:meth:`_save_checkpoint`) and the vision keep-alive
+    (:meth:`_add_dummy_image`). List it before the Trainer class and call :meth:`_init_qwenvl` after the
+    Trainer's ``__init__``."""
 
-    def __init__(
-        self, *args, vision_lr=None, merger_lr=None, packing_max_tokens: int | None = None, **kwargs
-    ):
-        kwargs.setdefault("compute_loss_func", causal_lm_loss)
-        super().__init__(*args, **kwargs)
+    def _init_qwenvl(self, vision_lr=None, merger_lr=None) -> None:
         self.group_lrs = group_learning_rates(self.args.learning_rate, vision_lr, merger_lr)
-        self.packing_max_tokens = packing_max_tokens
-        self.packed_sampler: PackedBatchSampler | None = None
-        self._packed_epochs: PackedEpochCallback | None = None
-        self._window_step = 0
-        # Totals since the start of this process, and since the last log line.
-        self.batch_stats = {
-            "num_samples": 0,
-            "num_skipped": 0,
-            "num_tokens": 0,
-            "num_positions": 0,
-            "num_supervised": 0,
-            "num_empty_batches": 0,
-        }
         self.vision_keep_alive = True
         # Called by rank 0 with each checkpoint folder once every rank's files are in, before its marker.
         self.checkpoint_writers: list = []
-        self.skipped_records: list[str] = []  # named skipped records since the last log line (this rank)
-        self._window_stats = dict.fromkeys(self.batch_stats, 0)
-        self._step_lrs: dict[str, float] = {}
-        self.add_callback(_StepLRRecorder(self))
-
-    # -- data -------------------------------------------------------------------------------------------
-    def get_train_dataloader(self):
-        """Padded batches as usual; with ``packing_max_tokens``, packs of whole samples from
-        :class:`PackedBatchSampler` (``per_device_train_batch_size`` packs per micro-batch, one row)."""
-        if self.packing_max_tokens is None:
-            return super().get_train_dataloader()
-        if self.train_dataset is None or not hasattr(self.train_dataset, "lengths"):
-            raise ValueError("packing needs a training dataset with per-sample token lengths (.lengths)")
-        args = self.args
-        sampler = PackedBatchSampler(
-            self.train_dataset.lengths,
-            self.packing_max_tokens,
-            packs_per_batch=args.per_device_train_batch_size,
-            num_replicas=args.world_size,
-            rank=args.process_index,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
-        )
-        loader = self.accelerator.prepare(
-            packed_dataloader(self.train_dataset, sampler, self.data_collator, args)
-        )
-        unshard(loader, sampler)
-        steps_per_epoch = math.ceil(len(sampler) / args.gradient_accumulation_steps)
-        if self._packed_epochs is None:
-            self._packed_epochs = PackedEpochCallback(sampler, steps_per_epoch)
-            self.add_callback(self._packed_epochs)
-        self._packed_epochs.sampler, self._packed_epochs.steps_per_epoch = sampler, max(steps_per_epoch, 1)
-        self.packed_sampler = sampler
-        if self.is_world_process_zero():
-            logger.info("Packing: %s", sampler.summary(0).describe())
-        return loader
+        self.skipped_steps = 0  # optimizer steps skipped because no rank had a supervised token
+        self._step_is_empty = False  # set by compute_loss for the step about to be taken
 
     # -- optimizer --------------------------------------------------------------------------------------
     def _optimizer_offloaded(self) -> bool:
@@ -161,10 +119,34 @@ class QwenVLTrainer(Trainer):
             cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
             kwargs.pop("lr", None)  # every group has its own
             self.optimizer = cls(groups, lr=self.args.learning_rate, **kwargs)
+        self._skip_empty_steps(self.optimizer)
         if self.is_world_process_zero():
             summary = ", ".join(f"{g['name']} lr={g['lr']:.2e} ({len(g['params'])} tensors)" for g in groups)
             logger.info("Optimizer: %s with groups %s", type(self.optimizer).__name__, summary)
         return self.optimizer
+
+    def _skip_empty_steps(self, optimizer) -> None:
+        """Make ``optimizer.step`` a no-op for a step without a single supervised token on any rank.
+
+        Patched on the instance (as a bound method, which the LR scheduler's own wrapper expects) so that it
+        holds wherever the step is called from: the Trainer's loop, or DeepSpeed's engine, which steps this
+        optimizer (its base optimizer) itself."""
+        step = optimizer.step
+        trainer = self
+
+        def guarded(opt, *args, **kwargs):
+            if not trainer._step_is_empty:
+                return step(*args, **kwargs)
+            trainer._step_is_empty = False
+            trainer.skipped_steps += 1
+            logger.warning(
+                "step %d: every micro-batch on every rank was empty (all its records skipped): optimizer step "
+                "skipped, weights unchanged",
+                trainer.state.global_step + 1,
+            )
+            return None
+
+        optimizer.step = types.MethodType(guarded, optimizer)
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -234,6 +216,65 @@ class QwenVLTrainer(Trainer):
         ignore = torch.full((rows, 3), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
         return torch.cat([labels, ignore], dim=1)
 
+
+class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
+    """``Trainer`` with per-group learning rates, per-token loss, the vision keep-alive and batch statistics."""
+
+    def __init__(
+        self, *args, vision_lr=None, merger_lr=None, packing_max_tokens: int | None = None, **kwargs
+    ):
+        kwargs.setdefault("compute_loss_func", causal_lm_loss)
+        super().__init__(*args, **kwargs)
+        self._init_qwenvl(vision_lr, merger_lr)
+        self.packing_max_tokens = packing_max_tokens
+        self.packed_sampler: PackedBatchSampler | None = None
+        self._packed_epochs: PackedEpochCallback | None = None
+        self._window_step = 0
+        # Totals since the start of this process, and since the last log line.
+        self.batch_stats = {
+            "num_samples": 0,
+            "num_skipped": 0,
+            "num_tokens": 0,
+            "num_positions": 0,
+            "num_supervised": 0,
+            "num_empty_batches": 0,
+        }
+        self.skipped_records: list[str] = []  # named skipped records since the last log line (this rank)
+        self._window_stats = dict.fromkeys(self.batch_stats, 0)
+        self._step_lrs: dict[str, float] = {}
+        self.add_callback(_StepLRRecorder(self))
+
+    # -- data -------------------------------------------------------------------------------------------
+    def get_train_dataloader(self):
+        """Padded batches as usual; with ``packing_max_tokens``, packs of whole samples from
+        :class:`PackedBatchSampler` (``per_device_train_batch_size`` packs per micro-batch, one row)."""
+        if self.packing_max_tokens is None:
+            return super().get_train_dataloader()
+        if self.train_dataset is None or not hasattr(self.train_dataset, "lengths"):
+            raise ValueError("packing needs a training dataset with per-sample token lengths (.lengths)")
+        args = self.args
+        sampler = PackedBatchSampler(
+            self.train_dataset.lengths,
+            self.packing_max_tokens,
+            packs_per_batch=args.per_device_train_batch_size,
+            num_replicas=args.world_size,
+            rank=args.process_index,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+        )
+        loader = self.accelerator.prepare(
+            packed_dataloader(self.train_dataset, sampler, self.data_collator, args)
+        )
+        unshard(loader, sampler)
+        steps_per_epoch = math.ceil(len(sampler) / args.gradient_accumulation_steps)
+        if self._packed_epochs is None:
+            self._packed_epochs = PackedEpochCallback(sampler, steps_per_epoch)
+            self.add_callback(self._packed_epochs)
+        self._packed_epochs.sampler, self._packed_epochs.steps_per_epoch = sampler, max(steps_per_epoch, 1)
+        self.packed_sampler = sampler
+        if self.is_world_process_zero():
+            logger.info("Packing: %s", sampler.summary(0).describe())
+        return loader
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stats = {k[len(STAT_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(STAT_PREFIX)}
         skipped = inputs.pop("skipped_records", None) or []
@@ -254,6 +295,12 @@ class QwenVLTrainer(Trainer):
                     " (nothing left: zero loss)" if empty else "",
                     "; ".join(skipped),
                 )
+            # num_items_in_batch counts the supervised tokens of the whole optimizer step, all ranks summed
+            # (unless average_tokens_across_devices is off: then only this rank's, which proves nothing).
+            global_count = self.args.average_tokens_across_devices or self.args.world_size == 1
+            self._step_is_empty = bool(
+                empty and global_count and num_items_in_batch is not None and int(num_items_in_batch) == 0
+            )
         keep = supervised_positions(labels)
         labels = self._add_dummy_image(model, inputs, labels)
         if empty:
@@ -296,6 +343,7 @@ class QwenVLTrainer(Trainer):
         if "loss" in logs:
             logs.update(self._step_lrs)
             logs["empty_batches"] = self.batch_stats["num_empty_batches"]
+            logs["skipped_steps"] = self.skipped_steps
             skipped = self._gather_skipped()
             if skipped:
                 logs["skipped_records"] = "; ".join(skipped)
