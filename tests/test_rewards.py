@@ -3,6 +3,7 @@ format reward, the IoU schedule, and agreement with the challenge metric on whol
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -170,3 +171,22 @@ def test_the_iou_schedule_runs_linearly_from_loose_to_strict():
     # Early on, the IoU-0.3 box of PRED_BOXES counts; at the end only the IoU-0.6 one does.
     assert answer_reward(DETECTION, PRED_BOXES, REF_BOXES, iou_threshold=iou_threshold_at(0.0)) == 1.0
     assert answer_reward(DETECTION, PRED_BOXES, REF_BOXES, iou_threshold=iou_threshold_at(1.0)) == 0.5
+
+
+def test_every_labelled_demo_record_earns_full_rewards_for_its_own_answer(demo_converted):
+    """The converted targets are what GRPO compares completions with: each must parse as its own task's
+    reference and as a completion, under the prompt the model sees and under the raw question."""
+    seen, short = set(), []
+    for path in sorted(demo_converted.glob("*_train.json")):
+        for record in json.loads(path.read_text(encoding="utf-8")):
+            task_type, answer = record["meta"]["task_type"], record["conversations"][1]["value"]
+            for question in (record["conversations"][0]["value"], record["meta"]["question"]):
+                rewards = (
+                    answer_reward(task_type, answer, answer, question),
+                    format_reward(task_type, answer),
+                )
+                if rewards != (1.0, 1.0):
+                    short.append((path.name, task_type, answer[:60], rewards))
+            seen.add(task_type)
+    assert short == []
+    assert seen == set(TASK_TYPES)
