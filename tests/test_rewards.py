@@ -183,7 +183,7 @@ def test_every_labelled_demo_record_earns_full_rewards_for_its_own_answer(demo_c
             for question in (record["conversations"][0]["value"], record["meta"]["question"]):
                 rewards = (
                     answer_reward(task_type, answer, answer, question),
-                    format_reward(task_type, answer),
+                    format_reward(task_type, answer, question),
                 )
                 if rewards != (1.0, 1.0):
                     short.append((path.name, task_type, answer[:60], rewards))
