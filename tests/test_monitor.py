@@ -184,14 +184,36 @@ def test_stopped_on_request(tmp_path: Path) -> None:
 def test_crashed_by_old_timestamps(tmp_path: Path) -> None:
     t0 = time.time() - 3 * 3600  # last record 3 h - 50 s ago, steps take 5 s
     out = write_run(tmp_path / "run", running_lines(t0))
-    (out / "checkpoint-5").mkdir()
-    (out / "checkpoint-10").mkdir()
+    for step in (5, 10, 15):
+        (out / f"checkpoint-{step}").mkdir()
+    # checkpoint-15 was being saved when the process died: no completion marker. checkpoint-10 has its marker,
+    # checkpoint-5 has a file of the same name that is a folder, not the marker (not complete either).
+    (out / "checkpoint-10" / runfiles.CHECKPOINT_COMPLETE).write_text('{"step": 10}')
+    (out / "checkpoint-5" / runfiles.CHECKPOINT_COMPLETE).mkdir()
     status, text = once(out, "--no_pid_check")
     assert status == mon.EXIT_CRASHED
     assert "State: CRASHED - Looks stopped: no new record for 2h 59m" in text
     assert "(expected one every ~5s, alarm after 5m 00s)" in text
     assert f"step 10/40, last record 2h 59m ago ({mon.fmt_clock(t0 + 50)})" in text
-    assert "latest checkpoint: checkpoint-10" in text
+    assert (
+        "(latest complete checkpoint: checkpoint-10; incomplete, skipped by auto resume: checkpoint-15)"
+        in text
+    )
+    assert "checkpoint-15: incomplete (no completion marker: the save was cut off)" in text
+    snap = mon.take_snapshot(out, pid_check=False)
+    assert (snap.latest_checkpoint, snap.incomplete_checkpoints) == ("checkpoint-10", ["checkpoint-15"])
+    assert json.loads(snap.to_json())["incomplete_checkpoints"] == ["checkpoint-15"]
+    # The monitor and --resume_from_checkpoint auto apply one rule.
+    assert runfiles.newest_complete_checkpoint(out) == (out / "checkpoint-10", [out / "checkpoint-15"])
+    (out / "checkpoint-10" / runfiles.CHECKPOINT_COMPLETE).unlink()
+    snap = mon.take_snapshot(out, pid_check=False)
+    assert (snap.latest_checkpoint, snap.incomplete_checkpoints) == (
+        None,
+        ["checkpoint-15", "checkpoint-10", "checkpoint-5"],
+    )
+    assert (
+        "no complete checkpoint saved yet; incomplete, skipped by auto resume: checkpoint-15" in snap.message
+    )
 
 
 def test_stale_threshold_is_20_median_steps_when_longer_than_5_minutes(tmp_path: Path) -> None:

@@ -585,3 +585,81 @@ def test_batch_whose_every_item_failed_contributes_nothing_and_is_named(tiny_dir
         assert f"record 1 ({both})" in r["skipped_records"] and str(broken) in r["skipped_records"]
     text = (with_bad / "train.log").read_text()
     assert text.count(f"record 1 ({both})") == 2
+
+
+def test_step_whose_every_micro_batch_failed_leaves_the_weights_alone(
+    tiny_dir, demo_converted, tmp_path, registry_at
+):
+    """In process, batch 1: step 2's only record is an image that fails to decode. AdamW with weight decay and
+    momentum from step 1 would still move every weight; the step is skipped instead (weights bit-identical,
+    the optimizer's step count not advanced), counted (skipped_steps) and its record named in the run log."""
+    from torch.utils.data import SequentialSampler
+    from transformers import TrainerCallback
+
+    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.model import load_model, load_processor
+    from qwenvl.train.arguments import TrainingArguments
+    from qwenvl.train.callbacks import RunRecordCallback
+    from qwenvl.train.trainer import QwenVLTrainer
+
+    registry_at(demo_converted)
+    records = json.loads((demo_converted / "retino_train.json").read_text())
+    broken = tmp_path / "broken.jpg"
+    jpeg = Path(records[1]["image"]).read_bytes()
+    broken.write_bytes(jpeg[: len(jpeg) // 3])  # the header reads, the pixels do not decode
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([records[0], {**records[1], "image": str(broken)}, records[2]]))
+    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
+    ds = build_supervised_dataset(str(data), processor, 4096, seed=7)
+    ds.skip_markers = True
+    order = sorted(range(len(ds)), key=lambda i: ds.samples[i].source["index"])  # records 0, 1 (bad), 2
+
+    class Snapshots(TrainerCallback):
+        weights: list[dict[str, torch.Tensor]] = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.weights.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    model = load_model(tiny_dir, dtype="float32")
+    model.config.use_cache = False
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    out = tmp_path / "run"
+    args = TrainingArguments(
+        output_dir=str(out),
+        report_to="none",
+        use_cpu=True,
+        max_steps=3,
+        per_device_train_batch_size=1,
+        learning_rate=1e-2,
+        weight_decay=0.1,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+    )
+    trainer = QwenVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=ds,
+        data_collator=PaddedCollator(processor.tokenizer.pad_token_id),
+        processing_class=processor,
+        callbacks=[Snapshots(), RunRecordCallback(out, {})],
+    )
+    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(order)
+    trainer.train()
+
+    after = Snapshots.weights
+    assert len(after) == 3
+    moved = [sum(not torch.equal(a[n], b[n]) for n in before) for a, b in zip([before, *after], after)]
+    assert moved[0] > 0 and moved[2] > 0, moved  # steps 1 and 3 train
+    assert moved[1] == 0, moved  # step 2 leaves every weight bit-identical
+    adam_steps = {int(s["step"]) for s in trainer.optimizer.state.values() if "step" in s}
+    assert adam_steps == {2}  # steps 1 and 3 only
+    steps = {r["step"]: r for r in _log(out) if "loss" in r}
+    assert sorted(steps) == [1, 2, 3]
+    assert [steps[s]["skipped_steps"] for s in (1, 2, 3)] == [0, 1, 1]
+    assert [steps[s]["empty_batches"] for s in (1, 2, 3)] == [0, 1, 1]
+    assert steps[2]["loss"] == 0.0 and steps[1]["loss"] > 0 and steps[3]["loss"] > 0
+    named = steps[2]["skipped_records"]
+    assert f"record 1 ({data})" in named and str(broken) in named
+    assert "skipped_records" not in steps[1] and "skipped_records" not in steps[3]

@@ -7,12 +7,15 @@ A training run's ``output_dir``::
     train.log              the same steps as text lines, for ``tail -f``
     dataset_report.json    per dataset: records, samples dropped before training and why
     run_info.json          resolved arguments, dataset mix, seed, versions, git commit (in every checkpoint too)
-    checkpoint-N/          a self-contained checkpoint
+    checkpoint-N/          a self-contained checkpoint; complete once its checkpoint_complete.json exists
 
 An evaluation's ``output_dir`` holds the ``EVAL_*`` files below.
 """
 
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 RUN_FILE = "run.json"
 TRAIN_LOG_JSONL = "train_log.jsonl"
@@ -28,3 +31,31 @@ EVAL_METRICS_JSON = "metrics.json"
 EVAL_METRICS_MD = "metrics.md"
 EVAL_METRICS_PNG = "metrics.png"
 EVAL_REPORT_HTML = "report.html"
+
+CHECKPOINT_COMPLETE = "checkpoint_complete.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete_checkpoint(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a whole checkpoint: its marker is written last, after every rank's files."""
+    return (Path(folder) / CHECKPOINT_COMPLETE).is_file()
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-N`` folder in ``output_dir``, oldest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    return sorted((int(m[1]), p) for p in out.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name)))
+
+
+def newest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[Path]]:
+    """``(the newest complete checkpoint or None, the incomplete ones newer than it, newest first)``: the
+    checkpoint ``--resume_from_checkpoint auto`` takes and the ones it skips (e.g. from a process killed in
+    the middle of a save). The training recipe and the monitor both use this one rule."""
+    skipped: list[Path] = []
+    for _step, folder in reversed(checkpoint_folders(output_dir)):
+        if is_complete_checkpoint(folder):
+            return folder, skipped
+        skipped.append(folder)
+    return None, skipped

@@ -18,7 +18,13 @@ from transformers import TrainerCallback
 
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.paths import REPO_ROOT
-from qwenvl.flare.runfiles import RUN_FILE, RUN_INFO, TRAIN_LOG_JSONL, TRAIN_LOG_TEXT
+from qwenvl.flare.runfiles import (
+    CHECKPOINT_COMPLETE,
+    RUN_FILE,
+    RUN_INFO,
+    TRAIN_LOG_JSONL,
+    TRAIN_LOG_TEXT,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +54,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-CHECKPOINT_COMPLETE = "checkpoint_complete.json"
-
-
-def is_complete_checkpoint(folder: str | Path) -> bool:
-    """Whether ``folder`` holds a whole checkpoint: its marker is written last, after every rank's files."""
-    return (Path(folder) / CHECKPOINT_COMPLETE).is_file()
 
 
 def mark_checkpoint_complete(folder: str | Path, step: int) -> None:

@@ -49,7 +49,7 @@ import transformers
 
 from qwenvl.data.collator import PackedCollator, PaddedCollator
 from qwenvl.data.dataset import SupervisedDataset, build_supervised_dataset
-from qwenvl.flare.runfiles import DATASET_REPORT
+from qwenvl.flare.runfiles import CHECKPOINT_COMPLETE, DATASET_REPORT, newest_complete_checkpoint
 from qwenvl.model import ModelNotFoundError, load_model, load_processor
 from qwenvl.train.arguments import RecipeArguments, SFTArguments, TrainingArguments
 from qwenvl.train.callbacks import (
@@ -107,31 +107,21 @@ def resolve_resume(training: transformers.TrainingArguments) -> str | None:
     complete ``checkpoint-N`` of ``--output_dir`` (one with its completion marker, written last; newer
     incomplete ones, e.g. from a process killed mid-save, are skipped and named in the log). ``None``, a fresh
     start, when there is none yet."""
-    from qwenvl.train.callbacks import CHECKPOINT_COMPLETE, is_complete_checkpoint
-
     if training.resume_from_checkpoint != "auto":
         if training.resume_from_checkpoint:
             logger.info("Resuming from %s", training.resume_from_checkpoint)
         return training.resume_from_checkpoint
     output_dir = Path(training.output_dir)
-    found = []
-    if output_dir.is_dir():
-        for path in output_dir.iterdir():
-            name = path.name
-            if path.is_dir() and name.startswith("checkpoint-") and name[len("checkpoint-") :].isdigit():
-                found.append((int(name[len("checkpoint-") :]), path))
-    skipped = []
-    for _step, path in sorted(found, reverse=True):
-        if is_complete_checkpoint(path):
-            if skipped:
-                logger.warning(
-                    "--resume_from_checkpoint auto: skipped incomplete checkpoint(s) without %s: %s",
-                    CHECKPOINT_COMPLETE,
-                    ", ".join(str(p) for p in skipped),
-                )
-            logger.info("Resuming from %s (the newest complete checkpoint in %s)", path, output_dir)
-            return str(path)
-        skipped.append(path)
+    newest, skipped = newest_complete_checkpoint(output_dir)
+    if newest is not None:
+        if skipped:
+            logger.warning(
+                "--resume_from_checkpoint auto: skipped incomplete checkpoint(s) without %s: %s",
+                CHECKPOINT_COMPLETE,
+                ", ".join(str(p) for p in skipped),
+            )
+        logger.info("Resuming from %s (the newest complete checkpoint in %s)", newest, output_dir)
+        return str(newest)
     if skipped:
         logger.warning(
             "--resume_from_checkpoint auto: no complete checkpoint in %s (none has %s: %s); starting from "

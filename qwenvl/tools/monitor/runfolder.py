@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwenvl.flare.runfiles import RUN_FILE, TRAIN_LOG_JSONL
+from qwenvl.flare.runfiles import (
+    RUN_FILE,
+    TRAIN_LOG_JSONL,
+    checkpoint_folders,
+    newest_complete_checkpoint,
+)
 from qwenvl.tools.monitor.states import FINISHED
 
 # Written by the Hugging Face Trainer into each checkpoint (and into the output folder when training ends);
 # read only for runs that have no train_log.jsonl.
 TRAINER_STATE = "trainer_state.json"
-
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
 @dataclass
@@ -110,18 +112,21 @@ def current_run(lines: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The ``checkpoint-N`` folder with the largest N, if any."""
-    if not output_dir.is_dir():
-        return None
-    found = [
-        (int(m[1]), p) for p in output_dir.iterdir() if p.is_dir() and (m := _CHECKPOINT_RE.match(p.name))
-    ]
-    return max(found)[1] if found else None
+    """The newest complete ``checkpoint-N`` folder (the one ``--resume_from_checkpoint auto`` takes), if any."""
+    return newest_complete_checkpoint(output_dir)[0]
+
+
+def incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders newer than the latest complete one and without its marker (a save in progress, or
+    one cut off by a killed process), newest first: ``auto`` resume skips them."""
+    return newest_complete_checkpoint(output_dir)[1]
 
 
 def _trainer_state_log(output_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]], Path] | None:
-    """``log_history`` of the newest ``trainer_state.json`` (output folder, else latest checkpoint)."""
-    ckpt = latest_checkpoint(output_dir)
+    """``log_history`` of the newest ``trainer_state.json`` (output folder, else the newest checkpoint folder,
+    complete or not: a run without ``run.json`` was not started here and its checkpoints have no marker)."""
+    folders = checkpoint_folders(output_dir)
+    ckpt = folders[-1][1] if folders else None
     candidates = [output_dir / TRAINER_STATE] + ([ckpt / TRAINER_STATE] if ckpt else [])
     states = [(p, _read_json(p)) for p in candidates if p.is_file()]
     states = [(p, s) for p, s in states if isinstance(s, dict)]

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.flare.runfiles import RUN_FILE, TRAIN_LOG_JSONL
-from qwenvl.tools.monitor.runfolder import RunLog, latest_checkpoint, numeric_field, read_run_log
+from qwenvl.tools.monitor.runfolder import (
+    RunLog,
+    incomplete_checkpoints,
+    latest_checkpoint,
+    numeric_field,
+    read_run_log,
+)
 from qwenvl.tools.monitor.states import CRASHED, FINISHED, MISSING, RUNNING, STOPPED, UNKNOWN, WAITING
 
 STALE_MIN_S = 300.0
@@ -153,7 +159,8 @@ class Snapshot:
     resumed_at_step: int | None = None
     pid: int | None = None
     pid_alive: bool | None = None
-    latest_checkpoint: str | None = None
+    latest_checkpoint: str | None = None  # the newest complete one: what auto resume takes
+    incomplete_checkpoints: list[str] = field(default_factory=list)  # newer ones without their marker
     final_train_loss: float | None = None
     non_finite_steps: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -276,13 +283,19 @@ def _where(snap: Snapshot) -> str:
     )
 
 
+def _skipped(snap: Snapshot) -> str:
+    if not snap.incomplete_checkpoints:
+        return ""
+    return f"; incomplete, skipped by auto resume: {', '.join(snap.incomplete_checkpoints)}"
+
+
 def _crash_reason(snap: Snapshot) -> str | None:
     """Why a run that says 'running' looks stopped, or None when it looks alive."""
     resume = "Resume with --resume_from_checkpoint auto"
     resume += (
-        f" (latest checkpoint: {snap.latest_checkpoint})."
+        f" (latest complete checkpoint: {snap.latest_checkpoint}{_skipped(snap)})."
         if snap.latest_checkpoint
-        else " (no checkpoint saved yet)."
+        else f" (no complete checkpoint saved yet{_skipped(snap)})."
     )
     console = "The error, if any, is in the console output of the training command."
     if snap.pid_alive is False:
@@ -352,6 +365,7 @@ def take_snapshot(
     snap.source_file = str(log.source_path) if log.source_path else None
     ckpt = latest_checkpoint(out)
     snap.latest_checkpoint = ckpt.name if ckpt else None
+    snap.incomplete_checkpoints = [p.name for p in incomplete_checkpoints(out)]
     status = run_status(log)
     _fill_metrics(snap, log, window)
     _fill_progress(snap, log, window, live=status == RUNNING)
@@ -398,6 +412,15 @@ def _warnings(snap: Snapshot, log: RunLog) -> list[str]:
     if log.bad_lines:
         out.append(
             f"{len(log.bad_lines)} line(s) of {TRAIN_LOG_JSONL} are not JSON (lines {log.bad_lines[:5]}); skipped."
+        )
+    if snap.incomplete_checkpoints:
+        being_written = snap.state == RUNNING and len(snap.incomplete_checkpoints) == 1
+        names = ", ".join(snap.incomplete_checkpoints)
+        out.append(
+            f"{names}: being written (no completion marker yet)"
+            if being_written
+            else f"{names}: incomplete (no completion marker: the save was cut off); --resume_from_checkpoint "
+            f"auto skips it and takes {snap.latest_checkpoint or 'none (fresh start)'}."
         )
     if log.output_dir.is_dir() and not (log.output_dir / RUN_FILE).is_file() and log.source == "jsonl":
         out.append(f"{RUN_FILE} is missing: total steps and status come from {TRAIN_LOG_JSONL} alone.")
