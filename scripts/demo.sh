@@ -8,7 +8,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 DEMO_DIR=${DEMO_DIR:-demo}
 SAMPLES=${DEMO_SAMPLES_PER_SPLIT:-48}
 export SKIP_SYNC=1
-export FLARE25_CONVERTED_DIR="$PWD/$DEMO_DIR/converted_data"
+case "$DEMO_DIR" in /*) ;; *) DEMO_DIR="$PWD/$DEMO_DIR" ;; esac  # absolute: the training run changes folder
+export FLARE25_CONVERTED_DIR="$DEMO_DIR/converted_data"
 py() { "${RUN[@]}" python "$@"; }
 
 step() { printf '\n==== %s ====\n' "$*"; }

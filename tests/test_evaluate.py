@@ -381,6 +381,46 @@ def test_compare_run_against_another_folder(registry_at, demo_converted, tmp_pat
     assert row in (tmp_path / "bad" / "metrics.md").read_text()
 
 
+def test_constant_baseline_and_a_three_way_comparison(registry_at, demo_converted, tmp_path, capsys):
+    """``--baseline constant`` answers every record with its dataset's best constant answer, learnt from the
+    converted training split; a comparison with several runs shows each one's main metric and unparsable
+    answers per task type."""
+    names = ["retino", "boneresorption", "BUSI-det"]
+    records = _val(registry_at, demo_converted, names)
+    evaluate = _script("evaluate_flare").main
+    out = tmp_path / "constant"
+    assert evaluate(["--baseline", "constant", "--datasets", *names, "--output_dir", str(out)]) == 0
+    train = {n: json.loads((demo_converted / f"{n}_train.json").read_text()) for n in names}
+    targets = {n: [r["conversations"][-1]["value"] for r in recs] for n, recs in train.items()}
+    letters = targets["retino"]
+    expected_letter = max(letters, key=lambda x: (letters.count(x), -letters.index(x)))
+    values = sorted(float(v) for v in targets["boneresorption"])
+    expected_value = values[(len(values) - 1) // 2]
+    lines = [json.loads(line) for line in (out / "raw_outputs.jsonl").read_text().splitlines()]
+    assert {x["output"] for x in lines if x["dataset"] == "retino"} == {expected_letter}
+    assert {float(x["output"]) for x in lines if x["dataset"] == "boneresorption"} == {expected_value}
+    assert all(x["parsed"] for x in lines) and len(lines) == len(records)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "constant" and summary["n_unparsable"] == 0
+    # The ground truth against the constant answer and an answer-less run, one table.
+    evaluate_records(records, lambda recs: ["?"] * len(recs), tmp_path / "garbage")
+    result = evaluate_records(records, _echo, tmp_path / "truth", compare_dir=[out, tmp_path / "garbage"])
+    table = result.comparison.splitlines()
+    assert table[0] == "## Comparison: truth vs constant vs garbage"
+    assert table[2] == "| scope | metric | truth | constant | garbage | delta vs constant |"
+    constant_mae = json.loads((out / "metrics.json").read_text())["by_dataset"]["boneresorption"]["mae"]
+    row = next(r for r in table if r.startswith("| boneresorption |"))
+    assert row.split(" | ")[2:4] == ["0.0000", f"{constant_mae:.4f}"] and constant_mae > 0
+    n = sum(r["meta"]["dataset"] == "retino" for r in records)
+    assert f"| classification | 0/{n} | 0/{n} | {n}/{n} |" in table
+    # A baseline with no training split to learn from names the dataset and the fix.
+    registry_at(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"retino \(classification\).*--splits train"):
+        from qwenvl.eval.baseline import ConstantAnswerGenerator
+
+        ConstantAnswerGenerator()(records[:1])
+
+
 # -------------------------------------------------------------------------------------------- inference
 def test_infer_cli_prints_an_answer(demo_converted, tiny_dir, capsys):
     record = json.loads((demo_converted / "BUSI-det_val.json").read_text())[0]

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from qwenvl.eval.baseline import BASELINES
 from qwenvl.eval.evaluate import SPLITS, EvalOptions, run_evaluation
 from qwenvl.eval.html_report import DEFAULT_SAMPLES
 from qwenvl.eval.scoring import metrics_markdown, score_files
@@ -53,7 +54,14 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         description=EVALUATE_DOC, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--model_path", required=True, help="checkpoint folder (checkpoint-N or a run's output_dir)"
+        "--model_path", default=None, help="checkpoint folder (checkpoint-N or a run's output_dir)"
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        choices=BASELINES,
+        help="instead of a model: 'constant' gives every record its dataset's best constant answer, learnt "
+        "from the converted training split (most frequent answer; median number; most common box list)",
     )
     p.add_argument("--output_dir", required=True, help="folder for predictions, raw outputs and metrics")
     p.add_argument("--datasets", nargs="+", default=None, help="default: every registered dataset of --split")
@@ -79,7 +87,13 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
     p.add_argument(
         "--limit", type=int, default=None, help="evaluate only the first N records of each dataset"
     )
-    p.add_argument("--compare", default=None, help="another evaluation folder: adds a side-by-side table")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        default=None,
+        help="one or more other evaluation folders: adds a side-by-side table (with several, also unparsable "
+        "answers per task type of every run)",
+    )
     p.add_argument(
         "--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)"
     )
@@ -99,6 +113,8 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         help=f"samples per dataset in report.html's gallery, worst first (default {DEFAULT_SAMPLES}; 0: none)",
     )
     a = p.parse_args(argv)
+    if (a.model_path is None) == (a.baseline is None):
+        p.error("give --model_path (a checkpoint to evaluate) or --baseline constant, not both")
     if a.report_samples < 0:
         p.error(f"--report_samples must be 0 or more, got {a.report_samples}")
     return EvalOptions(
@@ -119,6 +135,7 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         free_decoding=a.free_decoding,
         report_samples=a.report_samples,
         drop_leaked_val=a.drop_leaked_val,
+        baseline=a.baseline,
     )
 
 

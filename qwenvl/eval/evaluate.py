@@ -138,6 +138,12 @@ def generation_speed(outputs: Sequence[Prediction], seconds: float, stats: Any =
     return out
 
 
+def _as_dirs(compare: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[Path]:
+    if not compare:
+        return []
+    return [Path(compare)] if isinstance(compare, (str, os.PathLike)) else [Path(c) for c in compare]
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate_records` produced (the same data as the files it wrote)."""
@@ -156,16 +162,19 @@ def evaluate_records(
     generator: Generator,
     output_dir: str | os.PathLike,
     run_info: dict | None = None,
-    compare_dir: str | os.PathLike | None = None,
+    compare_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     report_samples: int = DEFAULT_SAMPLES,
 ) -> EvaluationResult:
     """Generate for ``records`` (converted records, e.g. from :func:`load_eval_records`), write the output
     files and, for labelled records, score them. ``run_info`` is merged into the summary (model, settings).
-    ``compare_dir``: another evaluation's folder (or its ``metrics.json``) for a side-by-side table.
+    ``compare_dir``: another evaluation's folder (or its ``metrics.json``), or several, for a side-by-side
+    table (the first one is also the other side of the chart and of ``report.html``'s comparison).
     ``report_samples``: gallery samples per dataset in ``report.html`` (0: none)."""
     out_dir = Path(output_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    other = load_metrics(compare_dir) if compare_dir else None  # fail before generating, not after
+    compare_dirs = _as_dirs(compare_dir)
+    others = [load_metrics(d) for d in compare_dirs]  # fail before generating, not after
+    other = others[0] if others else None
     if report_samples < 0:
         raise ValueError(f"--report_samples must be 0 or more, got {report_samples}")
     t0 = time.time()
@@ -222,15 +231,16 @@ def evaluate_records(
     result.metrics = metrics
     markdown = run_markdown(metrics, summary)
     if other is not None:
-        result.comparison = compare_markdown(metrics, other, run_label(out_dir), run_label(Path(compare_dir)))
+        labels = [run_label(d) for d in compare_dirs]
+        more = list(zip(labels[1:], others[1:]))
+        result.comparison = compare_markdown(metrics, other, run_label(out_dir), labels[0], more)
         markdown += "\n" + result.comparison
     write_json_atomic(out_dir / EVAL_METRICS_JSON, metrics)
     (out_dir / EVAL_METRICS_MD).write_text(markdown, encoding="utf-8")
-    write_chart(
-        metrics, out_dir / EVAL_METRICS_PNG, other, run_label(out_dir), run_label(Path(compare_dir or "."))
-    )
+    other_label = run_label(compare_dirs[0] if compare_dirs else Path("."))
+    write_chart(metrics, out_dir / EVAL_METRICS_PNG, other, run_label(out_dir), other_label)
     result.files += [EVAL_METRICS_JSON, EVAL_METRICS_MD, EVAL_METRICS_PNG]
-    names = (run_label(out_dir), run_label(Path(compare_dir or ".")))
+    names = (run_label(out_dir), other_label)
     write_html_report(
         report, records, outputs, scored.predictions, summary, metrics, other, *names, report_samples
     )
@@ -243,7 +253,7 @@ def evaluate_records(
 class EvalOptions:
     """Arguments of ``scripts/evaluate_flare.py`` (see its ``--help``)."""
 
-    model_path: str
+    model_path: str | None  # None with a baseline
     output_dir: str
     datasets: list[str] | None = None
     split: str = "val"
@@ -252,7 +262,7 @@ class EvalOptions:
     max_pixels: int | None = None
     max_new_tokens: int | None = None
     limit: int | None = None
-    compare: str | None = None
+    compare: str | list[str] | None = None  # one or more evaluation folders
     dtype: str | None = None
     device: str | None = None
     attn_implementation: str | None = None
@@ -260,6 +270,7 @@ class EvalOptions:
     drop_leaked_val: bool = False
     report_samples: int = DEFAULT_SAMPLES
     free_decoding: bool = False  # no format constraint (constrained decoding is the default)
+    baseline: str | None = None  # "constant": no model, the constant-answer baseline (qwenvl.eval.baseline)
 
 
 def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> EvaluationResult:
@@ -270,8 +281,8 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
     records = load_eval_records(names, options.limit)
     if not records:
         raise ValueError(f"the datasets {', '.join(names)} hold no records")
-    if options.compare:
-        load_metrics(options.compare)  # fail before loading the model, not after generating
+    for other in _as_dirs(options.compare):
+        load_metrics(other)  # fail before loading the model, not after generating
     dropped = None
     if options.drop_leaked_val:
         records, dropped = drop_leaked_val(records)
@@ -290,6 +301,18 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
     }
     if dropped is not None:
         info["dropped_leaked_val"] = dropped
+    if generator is None and options.baseline is not None:
+        from qwenvl.eval.baseline import BASELINES, ConstantAnswerGenerator
+
+        if options.baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {options.baseline!r}; choose one of {', '.join(BASELINES)}")
+        generator = ConstantAnswerGenerator()
+        info.update(
+            model_path=f"{options.baseline}-answer baseline (learnt from the training split)",
+            baseline=options.baseline,
+            decoding="none",
+            max_new_tokens={},
+        )
     if generator is None:
         from qwenvl.eval.generate import BatchGenerator, load_for_generation
 

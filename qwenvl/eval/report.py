@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,35 +61,67 @@ def _delta(a: Any, b: Any) -> str:
     return f"{a - b:+.4f}"
 
 
-def comparison_rows(this: dict, other: dict) -> list[tuple[str, str, bool, Any, Any]]:
-    """``(scope, main metric, higher is better, this value, other value)`` per task type (``all <task>``)
-    and per dataset of either run."""
+def comparison_rows(this: dict, *others: dict) -> list[tuple[Any, ...]]:
+    """``(scope, main metric, higher is better, this value, *other values)`` per task type (``all <task>``)
+    and per dataset of any run."""
     rows = []
+    runs = (this, *others)
     for section, prefix in (("by_task", "all "), ("by_dataset", "")):
-        mine, theirs = this.get(section, {}), other.get(section, {})
-        for name in [*mine, *(n for n in theirs if n not in mine)]:
-            a, b = mine.get(name, {}), theirs.get(name, {})
-            task = TASKS.get(name if section == "by_task" else (a or b).get("task_type", ""))
+        groups = [run.get(section, {}) for run in runs]
+        for name in dict.fromkeys(n for g in groups for n in g):
+            found = [g.get(name, {}) for g in groups]
+            first = next(f for f in found if f)
+            task = TASKS.get(name if section == "by_task" else first.get("task_type", ""))
             if task is not None:
                 m = task.main_metric
-                rows.append((prefix + name, m, task.higher_is_better, a.get(m), b.get(m)))
+                rows.append((prefix + name, m, task.higher_is_better, *(f.get(m) for f in found)))
     return rows
 
 
-def compare_markdown(this: dict, other: dict, this_name: str = "this", other_name: str = "other") -> str:
-    """A side-by-side table of two metrics dicts: per task type (``all <task>``) and per dataset, the main
-    metric of this run and the other, and the difference this - other."""
-    if this_name == other_name:
-        this_name, other_name = f"{this_name} (this)", f"{other_name} (other)"
+def _unparsable(group: dict) -> str:
+    return f"{group['n_unparsable']}/{group['n']}" if "n_unparsable" in group and "n" in group else "n/a"
+
+
+def compare_markdown(
+    this: dict,
+    other: dict,
+    this_name: str = "this",
+    other_name: str = "other",
+    more: Sequence[tuple[str, dict]] = (),
+) -> str:
+    """A side-by-side table of two (or more) metrics dicts: per task type (``all <task>``) and per dataset,
+    the main metric of this run and the others, and the difference this - other (the first other); with
+    ``more`` (further ``(name, metrics)`` runs as extra columns), also a table of unparsable answers per task
+    type of every run."""
+    names = [this_name, other_name, *(n for n, _ in more)]
+    if len(set(names)) < len(names):
+        tags = ["other"] if len(names) == 2 else [f"other {i}" for i in range(1, len(names))]
+        names = [f"{names[0]} (this)", *(f"{n} ({t})" for n, t in zip(names[1:], tags))]
+    runs = [this, other, *(m for _, m in more)]
+    title = " vs ".join(names)
+    delta = "delta" if not more else f"delta vs {names[1]}"
     lines = [
-        f"## Comparison: {this_name} vs {other_name}",
+        f"## Comparison: {title}",
         "",
-        f"| scope | metric | {this_name} | {other_name} | delta |",
-        "|---|---|---|---|---|",
+        f"| scope | metric | {' | '.join(names)} | {delta} |",
+        "|---|---|" + "---|" * (len(names) + 1),
     ]
-    for scope, main, higher, a, b in comparison_rows(this, other):
+    for scope, main, higher, *values in comparison_rows(*runs):
         metric = f"{main} {'(higher is better)' if higher else '(lower is better)'}"
-        lines.append(f"| {scope} | {metric} | {format_value(a)} | {format_value(b)} | {_delta(a, b)} |")
+        cells = " | ".join(format_value(v) for v in values)
+        lines.append(f"| {scope} | {metric} | {cells} | {_delta(values[0], values[1])} |")
+    if more:
+        lines += [
+            "",
+            "Unparsable answers (scored as wrong) per task type:",
+            "",
+            f"| task type | {' | '.join(names)} |",
+            "|---|" + "---|" * len(names),
+        ]
+        tasks = dict.fromkeys(t for run in runs for t in run.get("by_task", {}))
+        for task in tasks:
+            cells = " | ".join(_unparsable(run.get("by_task", {}).get(task, {})) for run in runs)
+            lines.append(f"| {task} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
