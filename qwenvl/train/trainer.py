@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import types
 from pathlib import Path
 
@@ -73,6 +75,19 @@ def kept_positions_loss(
     if num_items_in_batch is None:
         num_items_in_batch = (targets != IGNORE_INDEX).sum().clamp(min=1)
     return total / num_items_in_batch
+
+
+KILL_DURING_SAVE_ENV = "QWENVL_TEST_KILL_DURING_SAVE"
+
+
+def _kill_for_test(step: int, rank: int) -> None:
+    """Fault injection for the tests, inert unless ``QWENVL_TEST_KILL_DURING_SAVE=<step>:<rank>`` is set: that
+    rank SIGKILLs itself in the save of that step, after writing its part of the checkpoint and before the
+    completion marker (the moment a crash or a scheduler's hard kill leaves a folder that looks whole)."""
+    target = os.environ.get(KILL_DURING_SAVE_ENV)
+    if target and target == f"{step}:{rank}":
+        logger.warning("%s=%s: killing rank %d in the save of step %d", KILL_DURING_SAVE_ENV, target, rank, step)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class QwenVLTrainerMixin:
@@ -166,6 +181,7 @@ class QwenVLTrainerMixin:
             self.args.save_total_limit = limit
         run_dir = self._get_output_dir(trial=trial)
         folder = Path(run_dir) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        _kill_for_test(self.state.global_step, self.args.process_index)
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             for write in self.checkpoint_writers:
