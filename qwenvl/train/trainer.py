@@ -86,7 +86,9 @@ def _kill_for_test(step: int, rank: int) -> None:
     completion marker (the moment a crash or a scheduler's hard kill leaves a folder that looks whole)."""
     target = os.environ.get(KILL_DURING_SAVE_ENV)
     if target and target == f"{step}:{rank}":
-        logger.warning("%s=%s: killing rank %d in the save of step %d", KILL_DURING_SAVE_ENV, target, rank, step)
+        logger.warning(
+            "%s=%s: killing rank %d in the save of step %d", KILL_DURING_SAVE_ENV, target, rank, step
+        )
         os.kill(os.getpid(), signal.SIGKILL)
 
 
