@@ -13,11 +13,8 @@
 # BATCH_SIZE then counts packs, e.g. BATCH_SIZE=1 GRAD_ACCUM=1 is ~20 samples per step); LORA_ENABLE=True trains
 # LoRA adapters instead of the full LLM (fits a 24 GB GPU with DEEPSPEED=none).
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
-
-read -r HAS_CUDA GPU_COUNT BF16_OK HAS_SHUTDOWN_FLAG < <("${RUN[@]}" python -c "import torch; \
-c = torch.cuda.is_available(); import inspect, torch.distributed.run as r; \
-print(int(c), torch.cuda.device_count(), int(c and torch.cuda.is_bf16_supported()), \
-int('shutdown-timeout' in inspect.getsource(r)))" 2>/dev/null || echo 0 0 0 0)
+source "$(dirname "${BASH_SOURCE[0]}")/_torchrun.sh"
+probe_machine
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-VL-4B-Instruct}
 DATASETS=${DATASETS:-flare_neojaundice%100,flare_retino%100,flare_busi_det%100,flare_boneresorption%100,flare_bone_marrow%100}
@@ -66,14 +63,7 @@ LORA_DROPOUT=${LORA_DROPOUT:-0.05}
 LORA_VISION=${LORA_VISION:-False}
 BF16=${BF16:-$([ "$BF16_OK" = 1 ] && echo True || echo False)}
 
-# wandb without a key would stop the run at its login prompt: fall back to offline logging, and say so.
-if [[ "$REPORT_TO" == *wandb* && -z "${WANDB_MODE:-}" && -z "${WANDB_API_KEY:-}" ]] \
-    && ! grep -qs "api.wandb.ai" "$HOME/.netrc"; then
-    export WANDB_MODE=offline
-    echo "[note] no wandb key found (WANDB_API_KEY or 'wandb login'): logging offline to $OUTPUT_DIR/wandb;" \
-         "upload later with 'wandb sync'"
-fi
-export WANDB_DIR=${WANDB_DIR:-$OUTPUT_DIR}
+wandb_without_key
 mkdir -p "$OUTPUT_DIR"
 
 args=(
@@ -106,12 +96,6 @@ args=(
 [ -n "$MM_PROJECTOR_LR" ] && args+=(--mm_projector_lr "$MM_PROJECTOR_LR")
 [ -n "$VISION_TOWER_LR" ] && args+=(--vision_tower_lr "$VISION_TOWER_LR")
 
-# torchrun waits this long after forwarding SIGTERM / Ctrl-C before it SIGKILLs the workers (the flag where this
-# torch has it; the variable otherwise).
-export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=$SHUTDOWN_TIMEOUT
-shutdown=()
-[ "${HAS_SHUTDOWN_FLAG:-0}" = 1 ] && shutdown=(--shutdown-timeout "$SHUTDOWN_TIMEOUT")
-
 device=$([ "$HAS_CUDA" = 1 ] && echo "$GPU_COUNT GPU(s)" || echo "CPU only (no CUDA): bf16 off, DeepSpeed over gloo")
 cat <<EOF
 ================================================================================
@@ -130,6 +114,4 @@ Qwen3-VL finetune
 ================================================================================
 EOF
 
-exec "${RUN[@]}" torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
-    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "${shutdown[@]}" \
-    qwenvl/train/train_qwen.py "${args[@]}" "$@"
+torchrun_launch qwenvl/train/train_qwen.py "${args[@]}" "$@"
