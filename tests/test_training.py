@@ -66,7 +66,12 @@ def _base_args(model: Path, out: Path, **overrides) -> list[str]:
 
 
 def _torchrun(
-    args: list[str], converted: Path, nproc: int = 1, timeout: int = 600
+    args: list[str],
+    converted: Path,
+    nproc: int = 1,
+    timeout: int = 600,
+    extra_env: dict | None = None,
+    check: bool = True,
 ) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
@@ -77,9 +82,49 @@ def _torchrun(
         TRAIN,
         *args,
     ]
-    proc = subprocess.run(cmd, env=_env(converted), capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
+    env = {**_env(converted), **(extra_env or {})}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     return proc
+
+
+def _first_step_loss(model: Path, dataset_use: str, batch_size: int, seed: int = 7) -> float:
+    """In process: the loss of the first optimizer step of a one-process run with ``batch_size`` samples per
+    batch and no accumulation (the same data order and loss as train_qwen.py; the weights are not moved).
+    The registry must point at the converted data (``registry_at``)."""
+    import transformers
+
+    from qwenvl.model import load_model
+    from qwenvl.train.arguments import TrainingArguments
+    from qwenvl.train.recipe import (
+        build_collator,
+        build_sft_trainer,
+        load_training_datasets,
+        load_training_processor,
+    )
+
+    transformers.set_seed(seed)
+    processor = load_training_processor(str(model), 1024, 16384)
+    dataset, _ = load_training_datasets(processor, dataset_use, 4096, seed)
+    net = load_model(model, dtype="float32")
+    net.config.use_cache = False
+    args = TrainingArguments(
+        output_dir=str(model / "unused"),
+        report_to="none",
+        use_cpu=True,
+        per_device_train_batch_size=batch_size,
+        seed=seed,
+        data_seed=seed,
+        max_steps=1,
+    )
+    trainer = build_sft_trainer(
+        net, args, processor, dataset, build_collator(processor.tokenizer.pad_token_id, False)
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    net.train()
+    with torch.no_grad():
+        return float(trainer.compute_loss(net, batch))
 
 
 def _log(out: Path) -> list[dict]:
@@ -321,7 +366,18 @@ def test_loss_is_normalised_per_supervised_token_across_accumulation(
 
 # ---------------------------------------------------------------------------- DeepSpeed ZeRO-3, 2 processes
 @pytest.mark.slow
-def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path):
+@pytest.mark.timeout(1800)
+def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path, registry_at):
+    """Two ranks under ZeRO-3 with CPU offload, in two launches:
+
+    1. 8 steps, checkpoints at 4 and 8; rank 1 SIGKILLs itself in the save of step 8 (after writing its part,
+       before the completion marker). Step 1's loss equals a one-process run with batch 2 (a missing or doubled
+       rank scaling of the loss fails this); checkpoint-4 is complete, checkpoint-8 is not.
+    2. ``--resume_from_checkpoint auto`` takes checkpoint-4, names the skipped checkpoint-8, and steps 5-8 repeat
+       the losses of the first launch exactly; the final model reloads and generates."""
+    from qwenvl.flare.runfiles import CHECKPOINT_COMPLETE
+    from qwenvl.train.trainer import KILL_DURING_SAVE_ENV
+
     out = tmp_path / "ds"
     args = _base_args(
         tiny_dir,
@@ -335,12 +391,29 @@ def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path):
         save_strategy="steps",
         save_steps="4",
     )
-    proc = _torchrun(args, demo_converted, nproc=2, timeout=900)
-    # The offloaded optimizer is DeepSpeed's CPU Adam, built from our named groups.
+    killed = _torchrun(
+        args, demo_converted, nproc=2, timeout=900, extra_env={KILL_DURING_SAVE_ENV: "8:1"}, check=False
+    )
+    text = killed.stdout + killed.stderr
+    assert killed.returncode != 0 and "killing rank 1 in the save of step 8" in text, text[-4000:]
+    first = _losses(out)
+    assert sorted(first) == list(range(1, 9)), text[-4000:]
+    assert (out / "checkpoint-4" / CHECKPOINT_COMPLETE).is_file()
+    assert (out / "checkpoint-8").is_dir() and not (out / "checkpoint-8" / CHECKPOINT_COMPLETE).exists()
+    registry_at(demo_converted)
+    one_process = _first_step_loss(tiny_dir, "flare_retino,flare_busi_det,flare_neojaundice", batch_size=2)
+    assert first[1] == pytest.approx(one_process, rel=1e-5), (first[1], one_process)
+
+    proc = _torchrun([*args, "--resume_from_checkpoint", "auto"], demo_converted, nproc=2, timeout=900)
     log = proc.stderr + proc.stdout
+    assert f"Resuming from {out / 'checkpoint-4'}" in log
+    assert "skipped incomplete checkpoint(s)" in log and str(out / "checkpoint-8") in log
+    # The offloaded optimizer is DeepSpeed's CPU Adam, built from our named groups.
     assert "Optimizer: DeepSpeedCPUAdam with groups" in log and "merger lr=6.00e-03" in log
     losses = _losses(out)
-    assert sorted(losses) == list(range(1, 9))
+    assert [r["step"] for r in _log(out) if "loss" in r] == list(range(1, 9))  # every step once
+    for step in range(5, 9):
+        assert losses[step] == pytest.approx(first[step], rel=1e-4), (step, losses, first)
     values = list(losses.values())
     assert all(math.isfinite(v) for v in values)
     assert sum(values[-3:]) / 3 < sum(values[:3]) / 3 - 0.5, values
@@ -350,6 +423,7 @@ def test_zero3_cpu_offload_two_processes(tiny_dir, demo_converted, tmp_path):
     assert records[0]["lr_llm"] == 0.0 and records[1]["lr_llm"] == pytest.approx(3e-3)
     for ckpt in ("checkpoint-4", "checkpoint-8"):
         assert (out / ckpt / "processor_config.json").is_file() and (out / ckpt / "run_info.json").is_file()
+        assert (out / ckpt / CHECKPOINT_COMPLETE).is_file()
     # The gathered 16-bit save reloads in a fresh process with the Auto classes and generates.
     code = f"""
 import torch
@@ -372,10 +446,14 @@ print("GENERATED", ids.shape[1] - inputs["input_ids"].shape[1], type(model).__na
 
 
 @pytest.mark.slow
-def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_converted, tmp_path):
-    """Half the records are text-only: under ZeRO-3 a rank whose micro-batch has no image must still take part
-    in the vision tower's parameter gathers, or the other rank hangs (gloo "collective mismatch"). Frozen
-    parameters are partitioned too, so this holds with the vision tower and the mergers frozen."""
+@pytest.mark.timeout(1500)
+def test_zero3_lora_rank_without_images_runs_the_vision_tower_and_resumes(tiny_dir, demo_converted, tmp_path):
+    """Half the records are text-only, LoRA on the LLM with the vision tower and the mergers frozen (issue: rank 0
+    aborted with gloo "collective mismatch"): under ZeRO-3 frozen parameters are partitioned too, so a rank whose
+    micro-batch has no image must still take part in the vision tower's gathers, in training and in evaluation.
+    Then the LoRA checkpoint of step 2 resumes (``auto``) and step 3 repeats the uninterrupted run's loss."""
+    from qwenvl.flare.runfiles import CHECKPOINT_COMPLETE
+
     records = json.loads((demo_converted / "retino_train.json").read_text())
     mixed = []
     for i, rec in enumerate(records):
@@ -386,20 +464,49 @@ def test_zero3_rank_without_images_still_runs_the_vision_tower(tiny_dir, demo_co
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(mixed))
     out = tmp_path / "mixed_run"
-    args = _base_args(
-        tiny_dir,
-        out,
+    common = dict(
         dataset_use=str(data),
         deepspeed=str(REPO / "configs" / "zero3.json"),
         tune_mm_vision="False",
         tune_mm_mlp="False",
+        lora_enable="True",
+        lora_r="4",
+        lora_alpha="8",
+        lora_dropout="0.0",
         max_steps="3",
         gradient_accumulation_steps="1",
+        lr_scheduler_type="constant",
+        save_strategy="steps",
+        save_steps="2",
     )
-    _torchrun(args, demo_converted, nproc=2, timeout=600)
-    assert sorted(_losses(out)) == [1, 2, 3]
+    evaluation = dict(
+        eval_dataset_use=str(data), eval_strategy="steps", eval_steps="2", per_device_eval_batch_size="1"
+    )
+    _torchrun(_base_args(tiny_dir, out, **common, **evaluation), demo_converted, nproc=2, timeout=600)
+    reference = _losses(out)
+    assert sorted(reference) == [1, 2, 3] and all(math.isfinite(v) for v in reference.values())
+    evals = {r["step"]: r["eval_loss"] for r in _log(out) if "eval_loss" in r}
+    assert sorted(evals) == [2, 3] and all(
+        math.isfinite(v) for v in evals.values()
+    )  # every 2 steps and at the end
     report = json.loads((out / "dataset_report.json").read_text())["train"]
     assert report["total_kept"] == len(mixed)
+    ckpt = out / "checkpoint-2"
+    assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / CHECKPOINT_COMPLETE).is_file()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(ckpt, resumed / "checkpoint-2")
+    proc = _torchrun(
+        _base_args(tiny_dir, resumed, resume_from_checkpoint="auto", **common),
+        demo_converted,
+        nproc=2,
+        timeout=600,
+    )
+    assert f"Resuming from {resumed / 'checkpoint-2'}" in proc.stderr + proc.stdout
+    again = _losses(resumed)
+    assert sorted(again) == [3]
+    assert again[3] == pytest.approx(reference[3], rel=1e-4), (again, reference)
 
 
 def test_dummy_image_for_text_only_batches_leaves_the_loss_unchanged(tiny_dir, tmp_path):
