@@ -50,6 +50,8 @@ from qwenvl.train.trainer import QwenVLTrainerMixin
 logger = logging.getLogger(__name__)
 
 DUMMY_IMAGE_TOKENS = 3  # <|vision_start|><|image_pad|><|vision_end|> of the keep-alive image
+# What each prompt carries besides its messages and images: what the rewards read, and where it came from.
+REWARD_COLUMNS = ("reference", "task_type", "question", "dataset", "index")
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -145,7 +147,7 @@ class PromptSet:
         return {
             "prompt": row["messages"],
             "images": images,
-            **{k: row[k] for k in ("reference", "task_type", "question", "dataset")},
+            **{k: row[k] for k in REWARD_COLUMNS},
         }
 
     def dataset(self) -> Any:
@@ -154,7 +156,7 @@ class PromptSet:
         import datasets
 
         columns = {"row": list(range(len(self.rows)))}
-        for key in ("reference", "task_type", "question", "dataset"):
+        for key in REWARD_COLUMNS:
             columns[key] = [r[key] for r in self.rows]
         table = datasets.Dataset.from_dict(columns)
 
