@@ -235,7 +235,8 @@ def bar_geometry(width: int) -> tuple[int, int]:
 
 
 def build_regression(spec: DemoSpec, rng: np.random.Generator, n: int) -> list[Sample]:
-    """A mid-gray track across the image and a bright bar covering ``pct`` percent of it; the answer is pct
+    """A mid-gray track across the image, a third of its height, and a bright bar covering ``pct`` percent of
+    it (tall, so the bar's length shows in the few patches the demo's pixel budget leaves); the answer is pct
     (one decimal), a JSON number on even records and a string on odd ones."""
     samples = []
     for idx in range(n):
@@ -243,10 +244,11 @@ def build_regression(spec: DemoSpec, rng: np.random.Generator, n: int) -> list[S
         w, h = img.size
         pct = round(float(rng.uniform(5, 95)), 1)
         x0, length = bar_geometry(w)
-        y0 = int(rng.integers(h // 4, 3 * h // 4 - 12))
+        thick = max(12, h // 3)
+        y0 = int(rng.integers(h // 6, h - h // 6 - thick))
         draw = ImageDraw.Draw(img)
-        draw.rectangle([x0, y0, x0 + length - 1, y0 + 11], fill=110)
-        draw.rectangle([x0, y0 + 2, x0 + round(pct / 100 * length) - 1, y0 + 9], fill=250)
+        draw.rectangle([x0, y0, x0 + length - 1, y0 + thick - 1], fill=110)
+        draw.rectangle([x0, y0 + 2, x0 + round(pct / 100 * length) - 1, y0 + thick - 3], fill=250)
         answer: float | str = pct if idx % 2 == 0 else f"{pct:.1f}"
         samples.append(Sample(spec.task_type, spec.stem, answer, _single(spec, idx, img)))
     return samples

@@ -88,9 +88,11 @@ def draw_shape(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: f
 
 
 def draw_class_cue(spec: DemoSpec, rng: np.random.Generator, img: Image.Image, k: int) -> None:
-    """Draw class k's shape in its colour at a random place, 15-25% of the short side in radius."""
+    """Draw class k's shape in its colour at a random place, 30-45% of the short side in radius: large
+    enough to colour several of the 32-pixel patches the demo's 16-token pixel budget leaves, so a tiny model
+    learns the classes within the demo's few hundred training steps."""
     w, h = img.size
-    r = float(rng.uniform(0.15, 0.25)) * min(w, h)
+    r = float(rng.uniform(0.30, 0.45)) * min(w, h)
     cx = float(rng.uniform(r + 2, w - r - 2))
     cy = float(rng.uniform(r + 2, h - r - 2))
     draw_shape(ImageDraw.Draw(img), SHAPES[k % len(SHAPES)], cx, cy, r, class_fill(spec, k))
