@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
-# GPU acceptance in ONE time-boxed command (see docs/performance.md, "GPU check"):
+# GPU acceptance in ONE time-boxed command (see docs/performance.md, "How to run the GPU check"):
 #   bash scripts/gpu_check.sh [--tiny] [--output DIR] [--budget_s N]
-# Prints the GPU, driver, torch, transformers, DeepSpeed and the attention implementations (missing ones with
-# their offline install: pip install --no-index --find-links WHEEL_DIR <pkg>), then measures the guide's
-# ZeRO-3 + CPU offload run, packed full finetune, LoRA, packed LoRA and batched evaluation generation on the
-# real 4B architecture with random weights (configs/qwen3_vl_4b, no download), each in its own process with
-# its own share of --budget_s. Writes DIR/gpu_check.json and DIR/gpu_check.md after every step.
-# --tiny: the same code path with the embedded tiny model on the CPU (a couple of minutes).
+# Prints the GPU, driver, torch, transformers, DeepSpeed and the attention implementations, and every missing
+# dependency with its offline install (pip install --no-index --find-links WHEEL_DIR <pkg>), then measures the
+# guide's ZeRO-3 + CPU offload run, packed full finetune, LoRA, packed LoRA and the evaluator's batched
+# generation on the real 4B architecture with random weights (configs/qwen3_vl_4b, no download), each in its
+# own process with its own share of --budget_s (default 420 s). Writes DIR/gpu_check.json and DIR/gpu_check.md
+# after every step.
+# --tiny: the same code path with the embedded tiny model on the CPU (1-2 minutes on an idle 2-core machine;
+# default budget 180 s).
 # No network needed: demo data and the processor are built locally (HF_HUB_OFFLINE=1).
-export SKIP_SYNC=${SKIP_SYNC:-1}
-source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# PYTHON=python3 runs it with that interpreter (e.g. a GPU machine's own torch, with wheels on PYTHONPATH)
+# instead of the project's .venv / uv environment.
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+if [ -n "${PYTHON:-}" ]; then  # a machine's own interpreter: the repository itself on the path, no uv
+    PY=("$PYTHON")
+    export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+elif [ -x .venv/bin/python ]; then
+    PY=(.venv/bin/python)
+else
+    export SKIP_SYNC=${SKIP_SYNC:-1}
+    source scripts/_env.sh
+    PY=("${RUN[@]}" python)
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-if [ -x .venv/bin/python ]; then PY=(.venv/bin/python); else PY=("${RUN[@]}" python); fi
-
 DATA_DIR=${GPU_CHECK_DATA:-$REPO_ROOT/demo/gpu_check_data}
 if [ ! -f "$DATA_DIR/converted/BUSI-det_val.json" ]; then
     echo "[gpu_check] building demo data in $DATA_DIR"

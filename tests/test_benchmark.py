@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from qwenvl.bench.configs import (
     projections,
 )
 from qwenvl.bench.memory import ModelSizes, activation_gb, fits, model_sizes, strategy_table
+
+REPO = Path(__file__).resolve().parents[1]
 
 FIELDS = (
     "samples_per_s",
@@ -62,9 +65,14 @@ def test_projections_and_durations() -> None:
     ]
 
 
-def test_memory_arithmetic_of_the_4b_model() -> None:
-    # configs/qwen3_vl_4b counted on the meta device by the function the README's memory table comes from.
-    sizes = model_sizes(Path(__file__).parents[1] / "configs" / "qwen3_vl_4b")
+@pytest.fixture(scope="module")
+def sizes_4b() -> ModelSizes:
+    """configs/qwen3_vl_4b counted on the meta device by the function the memory tables come from."""
+    return model_sizes(REPO / "configs" / "qwen3_vl_4b")
+
+
+def test_memory_arithmetic_of_the_4b_model(sizes_4b: ModelSizes) -> None:
+    sizes = sizes_4b
     assert sizes == ModelSizes(
         total=4_437_815_808,
         vision=306_242_560,
@@ -92,6 +100,28 @@ def test_memory_arithmetic_of_the_4b_model() -> None:
     assert lora["strategy"] == "LoRA r=64 + mergers, base frozen"
     assert fits(lora["gpu_gb"], 24) and fits(optimizer_offload["gpu_gb"], 24)
     assert not fits(full["gpu_gb"], 48) and fits(full["gpu_gb"], 80)
+
+
+def test_performance_doc_memory_tables_match_model_sizes(sizes_4b: ModelSizes) -> None:
+    """docs/performance.md (linked from the README's memory section) states what model_sizes() and
+    strategy_table() compute for configs/qwen3_vl_4b: the parameter counts and every GPU / CPU figure and
+    fit of the decision table."""
+    doc = (REPO / "docs" / "performance.md").read_text()
+    assert f"| {sizes_4b.total:,}: LLM {sizes_4b.llm / 1e9:.2f} B" in doc
+    assert f"vision tower {sizes_4b.vision / 1e6:.0f} M, mergers {sizes_4b.merger / 1e6:.0f} M |" in doc
+    assert f"| bf16 weights | {2 * sizes_4b.total / 1e9:.1f} GB |" in doc
+    assert f"(12 B each) | {12 * sizes_4b.total / 1e9:.1f} GB |" in doc
+    assert f"{sizes_4b.lora / 1e6:.0f} M adapter parameters at r={sizes_4b.lora_rank}" in doc
+    rows = [line for line in doc.splitlines() if re.match(r"\| (full finetune|LoRA r=)", line)]
+    table = strategy_table(sizes_4b)
+    assert len(rows) == len(table), rows
+    for row, entry in zip(rows, table):
+        name, gpu, cpu, *fit = [cell.strip() for cell in row.strip("|").split("|")]
+        assert float(re.search(r"[\d.]+", gpu).group()) == entry["gpu_gb"], row
+        assert (cpu == "-" and entry["cpu_gb"] == 0.0) or float(cpu.split()[0]) == entry["cpu_gb"], row
+        for capacity, cell in zip((24, 40, 80), fit):
+            assert cell.startswith("no") == (not fits(entry["gpu_gb"], capacity)), (row, capacity)
+    assert rows[-1].startswith(f"| LoRA r={sizes_4b.lora_rank} ")
 
 
 @pytest.fixture(scope="module")
