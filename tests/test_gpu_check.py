@@ -191,10 +191,8 @@ def test_gpu_check_tiny_completes_every_step(tmp_path: Path, demo_converted: Pat
         assert batch["longest_answer_tokens"] <= batch["max_new_tokens"]
     assert all(a.startswith("[") for a in boxes["answers"]), boxes["answers"]
     # the long answer: the box-list budget decoded in full, freely
-    assert (
-        not long["constrained"]
-        and long["max_new_tokens"] == boxes["max_new_tokens"] > short["max_new_tokens"]
-    )
+    assert boxes["max_new_tokens"] > short["max_new_tokens"]
+    assert not long["constrained"] and long["max_new_tokens"] == min(32, boxes["max_new_tokens"])  # --tiny
     assert long["generated_tokens"] == 4 * long["max_new_tokens"] and long["tokens_per_s"] > 0
     table = (out / "gpu_check.md").read_text()
     assert all(f"| {name} | ok |" in table for name in TRAIN_CONFIGS)
