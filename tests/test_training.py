@@ -272,6 +272,7 @@ def test_every_checkpoint_is_self_contained(frozen_run):
         assert info["arguments"]["data"]["max_pixels"] == 16384
         assert info["versions"]["transformers"]
         assert info["git_commit"]
+        assert info["attn_implementation"] == "sdpa_packed"  # --attn_implementation auto on a CPU, recorded
         mix = info["datasets"]["train"]["datasets"]
         assert set(mix) == {"flare_retino", "flare_busi_det", "flare_neojaundice"}
         assert all(v["kept"] == 6 for v in mix.values())
