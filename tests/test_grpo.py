@@ -398,3 +398,54 @@ def test_lora_run_resumes_exactly(tiny_dir, demo_converted, tmp_path, registry_a
         "completions/mean_length",
     ):
         assert second[2][key] == pytest.approx(first[2][key], rel=1e-5, abs=1e-7), key
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_reward_rises_on_a_learnable_case(tiny_dir, demo_converted, tmp_path, registry_at):
+    """A short SFT teaches the tiny model the answer format on balanced benign/malignant records (CMMD: its
+    letters come out about half right); GRPO on records whose answer is always A then raises the greedy
+    reward on those records (train and validation), seeded."""
+    from qwenvl.train.grpo_eval import evaluate_rewards
+    from qwenvl.train.train_qwen import main as sft_main
+
+    registry_at(demo_converted)
+    sft = tmp_path / "sft"
+    pixels = {"min_pixels": "1024", "max_pixels": "1024"}
+    sft_args = _args(tiny_dir, sft, dataset_use="flare_cmmd", max_steps="24", learning_rate="1e-2", **pixels)
+    drop = {"--num_generations", "--max_completion_length"}
+    sft_args = [x for i, x in enumerate(sft_args) if x not in drop and sft_args[i - 1] not in drop]
+    assert (
+        sft_main([*sft_args, "--save_strategy", "steps", "--save_steps", "1000", "--tune_mm_vision", "True"])
+        == 0
+    )
+    records = [
+        r
+        for split in ("train", "val")
+        for r in json.loads((demo_converted / f"CMMD_{split}.json").read_text())
+        if r["conversations"][1]["value"] == "A"
+    ]
+    assert len(records) == 6
+    only_a = tmp_path / "cmmd_a.json"
+    only_a.write_text(json.dumps(records))
+    before = evaluate_rewards(str(sft), str(only_a), max_new_tokens=4)
+    out = tmp_path / "grpo"
+    recipe = _recipe(
+        sft,
+        out,
+        dataset_use=str(only_a),
+        max_steps="6",
+        per_device_train_batch_size="8",
+        num_generations="4",
+        max_completion_length="2",
+        learning_rate="5e-3",
+        save_strategy="steps",
+        save_steps="1000",
+        **pixels,
+    )
+    recipe.train()
+    after = evaluate_rewards(str(out), str(only_a), max_new_tokens=4)
+    steps = _steps(out)
+    print("before", before, "after", after, {k: v["reward"] for k, v in steps.items()})
+    assert before["format"] == 1.0  # the SFT model answers with a letter
+    assert after["reward"] > before["reward"] + 0.2

@@ -65,6 +65,13 @@ class GRPOTrainingArguments(GRPOConfig, TrainingArguments):
         default="dapo",
         metadata={"help": "TRL's loss normalisation: dapo (token-level, default), grpo, dr_grpo, bnpo, ..."},
     )
+    log_multimodal: bool = field(
+        default=False,
+        metadata={
+            "help": "Gather the prompt images for the completions table. Off: TRL 1.16 gathers them only on "
+            "ranks whose batch has images, so a rank without any waits forever."
+        },
+    )
     bf16: bool | None = field(
         default=False, metadata={"help": "bf16 mixed precision (the launcher sets it where the GPU has it)."}
     )
