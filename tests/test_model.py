@@ -470,11 +470,13 @@ def test_packed_logits_equal_unpacked_for_every_cpu_attention(tiny_dir: Path, im
         assert any(mask is not None and mask.shape[-2:] == (24, 24) for mask in calls)
 
 
-def test_attention_selection_prefers_flash_then_packed_sdpa(monkeypatch) -> None:
+def test_attention_selection_prefers_flash_then_packed_sdpa(monkeypatch, caplog) -> None:
     from qwenvl.model import attention
 
     monkeypatch.setattr(attention, "flash_attn_available", lambda: False)
-    assert attention.select_attn_implementation("auto") == "sdpa_packed"
+    with caplog.at_level("INFO", logger="qwenvl.model.attention"):
+        assert attention.select_attn_implementation("auto") == "sdpa_packed"
+    assert "attention: sdpa_packed (auto; flash_attention_2: " in caplog.text  # the choice is logged
     assert attention.select_attn_implementation(None) == "sdpa_packed"
     assert attention.select_attn_implementation("sdpa") == "sdpa"  # forced (ATTN_IMPL=sdpa)
     reasons = attention.available_implementations()

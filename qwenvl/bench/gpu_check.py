@@ -66,6 +66,7 @@ PRELOAD = (
     "qwenvl.eval.predictions",
 )
 CPU_PRELOAD = ("deepspeed",)
+CHILD_TARGET = "qwenvl.bench.gpu_check:child_main"  # what a step's process runs (by name: __main__ differs)
 # module -> (pip name, what needs it): checked before the steps, a missing one named with its offline install.
 DEPENDENCIES = {
     "torch": ("torch", "everything"),
@@ -213,8 +214,8 @@ def _child_generation(spec: dict) -> dict:
     short answers (``short``: classification) and a batch of box lists (``boxes``: detection), every answer
     parsed by its task type (:func:`~qwenvl.eval.predictions.make_predictions`). A random model may close a
     box list at once, so ``long_boxes`` decodes the same detection batch freely for its whole box-list budget
-    (``min_new_tokens`` = budget; ``long_tokens`` caps it): the decoding speed of a long answer. Each batch has an untimed warm-up of 2
-    new tokens first (it also compiles the patterns)."""
+    (``min_new_tokens`` = budget; ``long_tokens`` caps it): the decoding speed of a long answer. Each batch
+    has an untimed warm-up of 2 new tokens first (it also compiles the patterns)."""
     import torch
 
     from qwenvl.bench.configs import mfu, peak_bf16_flops
@@ -373,9 +374,7 @@ def _kill_tree(pid: int, wait_s: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def run_step(
-    ctx: Any, spec: dict, timeout_s: float, workdir: Path, target: str = f"{__name__}:child_main"
-) -> dict:
+def run_step(ctx: Any, spec: dict, timeout_s: float, workdir: Path, target: str = CHILD_TARGET) -> dict:
     """``spec`` in a fresh process forked from ``ctx``'s server (own CUDA context, own torch.distributed),
     killed with its children after ``timeout_s``; its result, or ``{"status": "timeout"}``."""
     spec_path, out_path = workdir / f"{spec['slug']}.spec.json", workdir / f"{spec['slug']}.result.json"
@@ -495,7 +494,7 @@ def run_steps(
     start: float,
     budget_s: float,
     min_step_s: float = MIN_STEP_S,
-    target: str = f"{__name__}:child_main",
+    target: str = CHILD_TARGET,
 ) -> None:
     """Each spec in turn (``{"name", "slug", ...}``; one with ``"skip"`` is recorded as skipped with that
     reason), each with its share (:data:`SHARES`) of what is left of ``budget_s`` since ``start``; the report
