@@ -11,7 +11,19 @@ from qwenvl.bench.configs import (
     parse_config_names,
     projections,
 )
-from qwenvl.bench.runner import BenchOptions, markdown_table, run_benchmark
+
+_RUNNER = ("BenchOptions", "markdown_table", "run_benchmark")
+
+
+def __getattr__(name: str):
+    """The runner's names on first use: importing the package (e.g. for ``python -m qwenvl.bench.gpu_check``,
+    whose parent process must stay light) does not import torch."""
+    if name in _RUNNER:
+        from qwenvl.bench import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL19_SAMPLES",
