@@ -445,7 +445,8 @@ def test_reward_rises_on_a_learnable_case(tiny_dir, demo_converted, tmp_path, re
     )
     recipe.train()
     after = evaluate_rewards(str(out), str(only_a), max_new_tokens=4)
-    steps = _steps(out)
-    print("before", before, "after", after, {k: v["reward"] for k, v in steps.items()})
+    rewards = [_steps(out)[k]["reward"] for k in range(1, 7)]
+    # Measured (seed 7): greedy 0.2 -> 1.2 (answer 0/6 -> 6/6), training rewards 0.25 0.70 0.80 1.20 1.08 0.78.
     assert before["format"] == 1.0  # the SFT model answers with a letter
-    assert after["reward"] > before["reward"] + 0.2
+    assert after["format"] == 1.0 and after["reward"] >= before["reward"] + 0.5
+    assert sum(rewards[3:]) / 3 > sum(rewards[:3]) / 3 + 0.2
