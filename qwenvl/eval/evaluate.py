@@ -316,6 +316,11 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
     if generator is None:
         from qwenvl.eval.generate import BatchGenerator, load_for_generation
 
+        if not options.progress:  # --no_progress: no bar at all, transformers' weight loading included
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+
         loaded = load_for_generation(
             options.model_path,
             options.min_pixels,
