@@ -38,7 +38,7 @@ py -m qwenvl.train.grpo_eval --model_path "$OUT/sft" --dataset_use "${DATASET}_v
 
 step "3/4 GRPO from the SFT model ($GRPO_STEPS steps, 2 prompts x 4 completions per step, seeded)"
 env "${PIXELS[@]}" MODEL_PATH="$OUT/sft" OUTPUT_DIR="$OUT/grpo" RUN_NAME=grpo_demo DATASETS="$DATASET" \
-    LR=2e-3 MAX_STEPS="$GRPO_STEPS" BATCH_SIZE=8 GRAD_ACCUM=1 NUM_GENERATIONS=4 MAX_COMPLETION_LENGTH=4 \
+    LR=5e-3 MAX_STEPS="$GRPO_STEPS" BATCH_SIZE=8 GRAD_ACCUM=1 NUM_GENERATIONS=4 MAX_COMPLETION_LENGTH=4 \
     TUNE_MM_VISION=True SAVE_STEPS=100000 LOGGING_STEPS=1 DATALOADER_WORKERS=0 GRADIENT_CHECKPOINTING=False \
     DEEPSPEED=none REPORT_TO=none NPROC_PER_NODE=1 \
     bash scripts/grpo_qwen3_4b_flare.sh
@@ -55,4 +55,10 @@ before, after = (json.loads((out / f"rewards_{k}.json").read_text()) for k in ("
 print("\n==== held-out mean reward (answer x 1.0 + format x 0.2) ====")
 for key in ("reward", "answer", "format"):
     print(f"  {key:<7} SFT {before[key]:.4f}  ->  SFT+GRPO {after[key]:.4f}   ({before['n']} records)")
+log = [json.loads(x) for x in (out / "grpo" / "train_log.jsonl").read_text().splitlines() if x]
+rewards = [r["reward"] for r in log if "loss" in r and "reward" in r]
+half = len(rewards) // 2
+if half:
+    print(f"  training reward (sampled completions): first {half} steps {sum(rewards[:half]) / half:.4f}"
+          f"  ->  last {len(rewards) - half} steps {sum(rewards[half:]) / (len(rewards) - half):.4f}")
 PY
