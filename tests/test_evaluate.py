@@ -580,12 +580,16 @@ def test_demo_trained_model_beats_the_untrained_one(tiny_dir, registry_at, tmp_p
         )
         == 0
     )
+    constant_argv = ["--baseline", "constant", "--output_dir", str(tmp_path / "constant"), *common[:-1]]
+    assert evaluate(constant_argv) == 0
     # The trained run's pixel limits come from its run_info.json.
     trained_argv = ["--model_path", str(run), "--output_dir", str(tmp_path / "trained"), *common]
-    assert evaluate([*trained_argv, "--compare", str(tmp_path / "untrained")]) == 0
+    others = [str(tmp_path / "untrained"), str(tmp_path / "constant")]
+    assert evaluate([*trained_argv, "--compare", *others]) == 0
     stdout = capsys.readouterr().out
 
     before = json.loads((tmp_path / "untrained" / "metrics.json").read_text())["by_dataset"]
+    prior = json.loads((tmp_path / "constant" / "metrics.json").read_text())["by_dataset"]
     after = json.loads((tmp_path / "trained" / "metrics.json").read_text())
     assert after["evaluation"]["pixel_limits"] == {
         "min_pixels": 1024,
@@ -599,4 +603,8 @@ def test_demo_trained_model_beats_the_untrained_one(tiny_dir, registry_at, tmp_p
         assert after["by_dataset"][name]["n"] == before[name]["n"] == 40
         assert after["by_dataset"][name]["n_unparsable"] == 0  # the trained model answers with option letters
         assert after["by_dataset"][name]["balanced_accuracy"] > before[name]["balanced_accuracy"]
+        # Reading the images, not only the answer distribution: above the best constant answer (which
+        # scores exactly 1 / number of classes in balanced accuracy).
+        assert prior[name]["balanced_accuracy"] <= 0.5
+        assert after["by_dataset"][name]["balanced_accuracy"] >= prior[name]["balanced_accuracy"] + 0.1
         assert f"| {name} | balanced_accuracy (higher is better) |" in table
