@@ -186,6 +186,36 @@ def test_nothing_to_train_is_an_error(tmp_path):
         parse_arguments(argv)
 
 
+@pytest.mark.parametrize(
+    "flag", [[], ["--gradient_checkpointing", "True"], ["--gradient_checkpointing", "False"]]
+)
+def test_the_guides_gradient_checkpointing_flag_sets_activation_checkpointing_without_a_warning(
+    tmp_path, flag
+):
+    """transformers 5 renamed the guide's flag and warns on every use of the old name; the arguments hand it
+    on under the new name (the SFT script passes it, GRPO's config defaults it to True)."""
+    import warnings
+
+    from qwenvl.train.grpo_arguments import parse_grpo_arguments
+
+    argv = ["--output_dir", str(tmp_path), "--dataset_use", "x", *flag]
+    expected = {"True": True, "False": False}[flag[1]] if flag else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        sft = parse_arguments(argv).training
+        grpo = parse_grpo_arguments(argv).training
+    assert (
+        sft.activation_checkpointing
+        is sft.gradient_checkpointing
+        is (False if expected is None else expected)
+    )
+    assert (
+        grpo.activation_checkpointing
+        is grpo.gradient_checkpointing
+        is (True if expected is None else expected)
+    )
+
+
 def test_unknown_dataset_fails_before_the_model_loads(tiny_dir, demo_converted, tmp_path):
     args = _base_args(tiny_dir, tmp_path / "out", dataset_use="flare_retino,flare_nope")
     cmd = [sys.executable, TRAIN, *args]

@@ -215,6 +215,16 @@ class TrainingArguments(transformers.TrainingArguments):
             if self.warmup_steps:
                 raise ValueError("give --warmup_ratio or --warmup_steps, not both")
             self.warmup_steps = self.warmup_ratio  # a float below 1 is a ratio of the total steps
+        # The guide's --gradient_checkpointing is transformers 5's --activation_checkpointing under its old
+        # name: hand it on under the new one, so that no run prints the deprecation warning. Afterwards
+        # transformers sets both names to the same value, so code reading either keeps working.
+        for old, new in (
+            ("gradient_checkpointing", "activation_checkpointing"),
+            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
+        ):
+            if getattr(self, new, None) is None and getattr(self, old, None) is not None:
+                setattr(self, new, getattr(self, old))
+                setattr(self, old, None)
         super().__post_init__()
 
 

@@ -13,36 +13,19 @@ before training starts.
 
 from __future__ import annotations
 
-import logging
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qwenvl.train.recipe import RecipeError, init_cpu_distributed
+    from qwenvl.train.recipe import run_recipe
 
-    argv = init_cpu_distributed(sys.argv[1:] if argv is None else argv)
+    def mode():
+        from qwenvl.train.grpo import GRPORecipe
+        from qwenvl.train.grpo_arguments import parse_grpo_arguments
 
-    from qwenvl.train.arguments import ArgumentError
-    from qwenvl.train.grpo import GRPORecipe
-    from qwenvl.train.grpo_arguments import parse_grpo_arguments
+        return parse_grpo_arguments, GRPORecipe
 
-    try:
-        args = parse_grpo_arguments(argv)
-    except (ArgumentError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if args.training.process_index == 0 else logging.WARNING,
-    )
-    recipe = GRPORecipe(args)
-    try:
-        recipe.setup()
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    recipe.train()
-    return 0
+    return run_recipe(argv, mode)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,38 @@ def init_cpu_distributed(argv: list[str]) -> list[str]:
     config = Path(tempfile.gettempdir()) / f"qwenvl_accelerate_configured_state_{os.getpid()}.json"
     config.write_text(json.dumps({"use_configured_state": True}))
     return [*argv, "--accelerator_config", str(config)]
+
+
+def run_recipe(
+    argv: list[str] | None,
+    mode: Callable[[], tuple[Callable[[list[str]], RecipeArguments], type[TrainingRecipe]]],
+) -> int:
+    """What every training entry point (``train_qwen.py``, ``grpo_qwen.py``) does: the CPU process group when
+    several processes run without a GPU; ``mode()``, which imports the training mode and returns its argument
+    parser and recipe class (after the process group, as before); the arguments parsed; logging (INFO on the
+    main process); the recipe's set-up and training. Exit status 2 with ``error: ...`` on stderr for anything
+    wrong before training starts (a bad flag, a setting the Trainer's config or the recipe rejects)."""
+    import sys
+
+    argv = init_cpu_distributed(sys.argv[1:] if argv is None else argv)
+    parse, recipe_class = mode()
+    try:
+        args = parse(argv)
+    except ValueError as e:  # ArgumentError and the Trainer configs' own checks
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.training.process_index == 0 else logging.WARNING,
+    )
+    recipe = recipe_class(args)
+    try:
+        recipe.setup()
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    recipe.train()
+    return 0
 
 
 def resolve_resume(training: transformers.TrainingArguments) -> str | None:
