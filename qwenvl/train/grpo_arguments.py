@@ -45,6 +45,12 @@ class GRPOTrainingArguments(GRPOConfig, TrainingArguments):
     """TRL's ``GRPOConfig`` with the model's sampling settings and a KL term by default, plus the toolkit's
     per-group learning rates and ``--warmup_ratio``."""
 
+    # GRPOConfig comes first among the bases, so its copy of transformers' fields would win over the toolkit's
+    # own defaults: restate the one that differs (pinned memory only with CUDA; on a CPU it warns every run).
+    dataloader_pin_memory: bool = field(
+        default_factory=TrainingArguments.__dataclass_fields__["dataloader_pin_memory"].default_factory,
+        metadata=TrainingArguments.__dataclass_fields__["dataloader_pin_memory"].metadata,
+    )
     num_generations: int | None = field(
         default=4,
         metadata={"help": "Completions sampled per prompt (one group); the global batch must divide by it."},
