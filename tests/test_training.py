@@ -189,9 +189,7 @@ def test_nothing_to_train_is_an_error(tmp_path):
 @pytest.mark.parametrize(
     "flag", [[], ["--gradient_checkpointing", "True"], ["--gradient_checkpointing", "False"]]
 )
-def test_the_guides_gradient_checkpointing_flag_sets_activation_checkpointing_without_a_warning(
-    tmp_path, flag
-):
+def test_both_modes_take_the_guides_checkpointing_flag_quietly_and_pin_memory_only_with_cuda(tmp_path, flag):
     """transformers 5 renamed the guide's flag and warns on every use of the old name; the arguments hand it
     on under the new name (the SFT script passes it, GRPO's config defaults it to True)."""
     import warnings
@@ -214,6 +212,8 @@ def test_the_guides_gradient_checkpointing_flag_sets_activation_checkpointing_wi
         is grpo.gradient_checkpointing
         is (True if expected is None else expected)
     )
+    # and both modes pin memory only with CUDA (GRPOConfig, first among the bases, would turn it on)
+    assert sft.dataloader_pin_memory is grpo.dataloader_pin_memory is torch.cuda.is_available()
 
 
 def test_unknown_dataset_fails_before_the_model_loads(tiny_dir, demo_converted, tmp_path):
