@@ -479,8 +479,9 @@ print("GENERATED", ids.shape[1] - inputs["input_ids"].shape[1], type(model).__na
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_zero3_lora_rank_without_images_runs_the_vision_tower_and_resumes(tiny_dir, demo_converted, tmp_path):
-    """Half the records are text-only, LoRA on the LLM with the vision tower and the mergers frozen (issue: rank 0
-    aborted with gloo "collective mismatch"): under ZeRO-3 frozen parameters are partitioned too, so a rank whose
+    """Half the records are text-only and a quarter have an image that fails to decode in the loop (batch 1: an
+    all-failed micro-batch), LoRA on the LLM with the vision tower and the mergers frozen (issue: rank 0 aborted
+    with gloo "collective mismatch"): under ZeRO-3 frozen parameters are partitioned too, so a rank whose
     micro-batch has no image must still take part in the vision tower's gathers, in training and in evaluation.
     Then the LoRA checkpoint of step 2 resumes (``auto``) and step 3 repeats the uninterrupted run's loss."""
     from qwenvl.flare.runfiles import CHECKPOINT_COMPLETE
@@ -491,6 +492,11 @@ def test_zero3_lora_rank_without_images_runs_the_vision_tower_and_resumes(tiny_d
         if i % 2:
             human = rec["conversations"][0]["value"].replace("<image>\n", "")
             rec = {"conversations": [{"from": "human", "value": human}, rec["conversations"][1]]}
+        elif i % 4 == 0:  # every other image record: a JPEG whose header reads but whose pixels do not decode
+            jpeg = Path(rec["image"]).read_bytes()
+            broken = tmp_path / f"broken_{i}.jpg"
+            broken.write_bytes(jpeg[: len(jpeg) // 3])
+            rec = {**rec, "image": str(broken)}
         mixed.append(rec)
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps(mixed))
@@ -521,7 +527,14 @@ def test_zero3_lora_rank_without_images_runs_the_vision_tower_and_resumes(tiny_d
         math.isfinite(v) for v in evals.values()
     )  # every 2 steps and at the end
     report = json.loads((out / "dataset_report.json").read_text())["train"]
-    assert report["total_kept"] == len(mixed)
+    assert report["total_kept"] == len(
+        mixed
+    )  # the broken images pass the header check: they fail in the loop
+    # a micro-batch whose only record failed (batch 1) met the other rank's batch without it, and nothing hung:
+    # the failed records are named with file and index in the run log, and counted as empty micro-batches
+    failed = [r for r in _log(out) if "loss" in r and "broken_" in r.get("skipped_records", "")]
+    assert failed and all(r["empty_batches"] >= 1 for r in failed), _log(out)
+    assert all(f"({data})" in r["skipped_records"] for r in failed)
     ckpt = out / "checkpoint-2"
     assert (ckpt / "adapter_model.safetensors").is_file() and (ckpt / CHECKPOINT_COMPLETE).is_file()
 

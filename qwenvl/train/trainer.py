@@ -333,22 +333,27 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
-    def _gather_skipped(self) -> list[str]:
-        """Every rank's skipped-record names since the last log line (each rank calls ``log`` at the same
-        step); clears this rank's list."""
-        mine, self.skipped_records = self.skipped_records, []
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return mine
-        every: list[list[str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(every, mine)
-        return [name for part in every for name in (part or [])]
+    def _gather_skipped(self) -> tuple[list[str], int, int]:
+        """``(names, skipped samples, empty micro-batches)`` over every rank: the skipped-record names since
+        the last log line and the running counts, summed (each rank calls ``log`` at the same step, so a record
+        that failed on another rank is counted where it is named); clears this rank's list of names."""
+        mine = (self.skipped_records, self.batch_stats["num_skipped"], self.batch_stats["num_empty_batches"])
+        self.skipped_records = []
+        parts: list = [mine]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, mine)
+        return (
+            [name for part in parts for name in part[0]],
+            sum(p[1] for p in parts),
+            sum(p[2] for p in parts),
+        )
 
     # -- logging ----------------------------------------------------------------------------------------
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs and self._window_stats["num_positions"]:
             w = self._window_stats
             logs["samples"] = w["num_samples"]
-            logs["skipped_samples"] = self.batch_stats["num_skipped"]
             logs["tokens"] = w["num_tokens"]
             logs["supervised_tokens"] = w["num_supervised"]
             logs["padding_share"] = round(1.0 - w["num_tokens"] / w["num_positions"], 4)
@@ -360,9 +365,8 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
             self._window_stats = dict.fromkeys(self.batch_stats, 0)
         if "loss" in logs:
             logs.update(self._step_lrs)
-            logs["empty_batches"] = self.batch_stats["num_empty_batches"]
+            skipped, logs["skipped_samples"], logs["empty_batches"] = self._gather_skipped()
             logs["skipped_steps"] = self.skipped_steps
-            skipped = self._gather_skipped()
             if skipped:
                 logs["skipped_records"] = "; ".join(skipped)
         super().log(logs, *args, **kwargs)
