@@ -216,6 +216,18 @@ def test_both_modes_take_the_guides_checkpointing_flag_quietly_and_pin_memory_on
     assert sft.dataloader_pin_memory is grpo.dataloader_pin_memory is torch.cuda.is_available()
 
 
+def test_a_learning_rate_for_a_frozen_part_is_an_error_in_both_modes(tmp_path):
+    from qwenvl.train.grpo_arguments import parse_grpo_arguments
+
+    argv = ["--output_dir", str(tmp_path), "--dataset_use", "x", "--tune_mm_vision", "False", "--tune_mm_mlp"]
+    argv += ["False", "--vision_tower_lr", "1e-5", "--mm_projector_lr", "1e-5"]
+    for parse in (parse_arguments, parse_grpo_arguments):
+        with pytest.raises(ArgumentError) as error:
+            parse(argv)
+        assert "--vision_tower_lr is set but the vision tower is frozen" in str(error.value)
+        assert "--mm_projector_lr is set but the mergers are frozen" in str(error.value)
+
+
 def test_unknown_dataset_fails_before_the_model_loads(tiny_dir, demo_converted, tmp_path):
     args = _base_args(tiny_dir, tmp_path / "out", dataset_use="flare_retino,flare_nope")
     cmd = [sys.executable, TRAIN, *args]

@@ -315,13 +315,21 @@ def recipe_problems(args: RecipeArguments) -> list[str]:
             f"--model_name_or_path {model.model_name_or_path}: no config.json there. Give a model folder, "
             f"a checkpoint-N folder, or a hub id such as {defaults.MODEL}"
         )
+    if training.vision_tower_lr is not None and not model.tune_mm_vision:
+        problems.append(
+            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
+        )
+    if training.mm_projector_lr is not None and not model.tune_mm_mlp:
+        problems.append(
+            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
+        )
     return problems
 
 
 def check_arguments(args: SFTArguments) -> list[str]:
     """Every problem with the combination of a supervised run's arguments (empty list: all good)."""
     problems = recipe_problems(args)
-    model, data, packing, training = args.model, args.data, args.packing, args.training
+    data, packing = args.data, args.packing
     budget = packing.packing_max_tokens
     if budget is not None and budget < data.model_max_length:
         problems.append(
@@ -331,14 +339,6 @@ def check_arguments(args: SFTArguments) -> list[str]:
     if budget is not None and not packing.enabled:
         problems.append(
             "--packing_max_tokens is set but packing is off: add --data_flatten True or drop the budget"
-        )
-    if training.vision_tower_lr is not None and not model.tune_mm_vision:
-        problems.append(
-            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
-        )
-    if training.mm_projector_lr is not None and not model.tune_mm_mlp:
-        problems.append(
-            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
         )
     return problems
 

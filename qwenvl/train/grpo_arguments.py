@@ -128,15 +128,7 @@ class GRPOArguments(RecipeArguments):
 def check_grpo_arguments(args: GRPOArguments) -> list[str]:
     """Every problem with a GRPO run's arguments (empty list: all good)."""
     problems = recipe_problems(args)
-    model, data, training, rewards = args.model, args.data, args.training, args.rewards
-    if training.vision_tower_lr is not None and not model.tune_mm_vision:
-        problems.append(
-            "--vision_tower_lr is set but the vision tower is frozen: add --tune_mm_vision True or drop the lr"
-        )
-    if training.mm_projector_lr is not None and not model.tune_mm_mlp:
-        problems.append(
-            "--mm_projector_lr is set but the mergers are frozen: add --tune_mm_mlp True or drop the lr"
-        )
+    data, training, rewards = args.data, args.training, args.rewards
     if data.eval_dataset_use:
         problems.append(
             "--eval_dataset_use: GRPO runs no eval loss; measure a checkpoint with scripts/evaluate_flare.py, "
