@@ -625,6 +625,55 @@ def test_dummy_image_for_text_only_batches_leaves_the_loss_unchanged(tiny_dir, t
     assert trainer.batch_stats["num_empty_batches"] == 1
 
 
+def test_loss_projects_only_each_rows_supervised_positions(tiny_dir, tmp_path):
+    """A padded batch whose rows' answers sit at different positions: the vocabulary projection sees exactly
+    the supervised (row, position) pairs (not every row at every row's answer positions), and the loss and
+    gradients equal the plain causal LM loss over full logits."""
+    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.processing import encode_record
+    from qwenvl.model import load_model, load_processor
+    from qwenvl.train.arguments import TrainingArguments
+    from qwenvl.train.trainer import QwenVLTrainer, causal_lm_loss
+
+    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
+    records = [
+        {"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]}
+        for q, a in [
+            ("Short?", "[[1, 2, 3, 4], [5, 6, 7, 8]]"),
+            ("A much longer question, so that this row's answer starts later in the padded batch?", "B"),
+        ]
+    ]
+    batch = PaddedCollator(processor.tokenizer.pad_token_id)(
+        [encode_record(r, processor, []) for r in records]
+    )
+    supervised = batch["labels"][:, 1:] != -100
+    per_row = supervised.sum(dim=1).tolist()
+    union = int(supervised.any(dim=0).sum())
+    # The positions supervised in any row, for every row, would be 2 x 25 logits instead of 25 + 2.
+    assert per_row == [25, 2] and union == 25
+    model = load_model(tiny_dir, dtype="float32")
+    trainer = QwenVLTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        processing_class=processor,
+    )
+    trainer.vision_keep_alive = False
+    weight = model.model.language_model.layers[0].self_attn.q_proj.weight
+
+    inputs = {k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()}
+    loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
+    loss.backward()
+    grad = weight.grad.clone()
+    assert tuple(outputs.logits.shape) == (1, sum(per_row), model.config.text_config.vocab_size)
+
+    model.zero_grad()
+    plain = {k: v for k, v in batch.items() if k != "labels" and not k.startswith("stat_")}
+    reference = causal_lm_loss(model(**plain), batch["labels"])
+    reference.backward()
+    torch.testing.assert_close(loss.detach(), reference.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, weight.grad, rtol=1e-5, atol=1e-8)
+
+
 # --------------------------------------------------------------------------------------------- resume
 def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tiny_dir, demo_converted, tmp_path):
     full = tmp_path / "full"

@@ -7,9 +7,12 @@
 2. Loss normalised per supervised token across gradient accumulation (and across ranks): the loss of a
    micro-batch is its summed token cross-entropy divided by the number of supervised tokens in the whole
    optimizer step, which the Trainer counts when a ``compute_loss_func`` is given. Logits are computed only
-   at the positions that predict a supervised token (``logits_to_keep``): FLARE answers are a few tokens
-   after hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position
-   would dominate time and memory. The loss is exactly the same.
+   for the (row, position) pairs that predict a supervised token: FLARE answers are a few tokens after
+   hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position would
+   dominate time and memory. The model's forward keeps the positions supervised in any row
+   (``logits_to_keep``), and a hook on the output projection keeps, of those, each row's own ones: in a
+   padded batch the rows' answers sit at different positions, so the union alone would project the batch
+   size times too many. The loss is exactly the same.
 3. A vision keep-alive: when a micro-batch has no image (training or evaluation, vision side trainable or
    frozen), a one-token dummy image is appended after the last real token (labels -100). Every rank then runs
    the same modules in the same order (vision tower, then LLM): under ZeRO-3 frozen parameters are partitioned
@@ -31,6 +34,7 @@ import math
 import os
 import signal
 import types
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -61,20 +65,25 @@ def supervised_positions(labels: torch.Tensor) -> torch.Tensor:
     return keep if keep.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
 
 
-def kept_positions_loss(
-    logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, num_items_in_batch=None
-):
-    """The causal LM loss from logits computed at ``keep`` only: position p predicts token p + 1."""
-    targets = labels[:, keep + 1]
-    total = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+def kept_positions_loss(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None):
+    """The causal LM loss from the logits of the supervised (row, position) pairs only (``[..., N, vocab]``)
+    and their ``N`` target tokens."""
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets, reduction="sum")
     if num_items_in_batch is None:
-        num_items_in_batch = (targets != IGNORE_INDEX).sum().clamp(min=1)
+        num_items_in_batch = max(targets.numel(), 1)
     return total / num_items_in_batch
+
+
+@contextmanager
+def project_rows(head: torch.nn.Module, rows: torch.Tensor):
+    """While active, the output projection ``head`` sees only the hidden states that ``rows`` selects (a
+    ``[batch, kept positions]`` mask over its input) and returns ``[1, N, vocab]`` logits. A forward
+    pre-hook, so the model's own forward (DDP, DeepSpeed and PEFT wrappers included) still runs whole."""
+    handle = head.register_forward_pre_hook(lambda _, args: (args[0][rows].unsqueeze(0), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 KILL_DURING_SAVE_ENV = "QWENVL_TEST_KILL_DURING_SAVE"
@@ -326,8 +335,11 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
             outputs = model(**inputs, logits_to_keep=1, use_cache=False)
             loss = outputs.logits.float().sum() * 0.0
             return (loss, outputs) if return_outputs else loss
-        outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        loss = kept_positions_loss(outputs.logits, labels, keep, num_items_in_batch)
+        targets = labels[:, keep + 1]
+        rows = targets != IGNORE_INDEX
+        with project_rows(self.accelerator.unwrap_model(model).get_output_embeddings(), rows):
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        loss = kept_positions_loss(outputs.logits, targets[rows], num_items_in_batch)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # The Trainer averages gradients over ranks; num_items_in_batch already sums all ranks' tokens.
             loss = loss * self.accelerator.num_processes
