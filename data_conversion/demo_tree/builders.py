@@ -235,17 +235,17 @@ def bar_geometry(width: int) -> tuple[int, int]:
 
 
 def build_regression(spec: DemoSpec, rng: np.random.Generator, n: int) -> list[Sample]:
-    """A mid-gray track across the image, a third of its height, and a bright bar covering ``pct`` percent of
-    it (tall, so the bar's length shows in the few patches the demo's pixel budget leaves); the answer is pct
-    (one decimal), a JSON number on even records and a string on odd ones."""
+    """A mid-gray track across the image, two thirds of its height, and a bright bar covering ``pct`` percent
+    of it (tall, so the bar's length shows in every row of the few patches the demo's pixel budget leaves);
+    the answer is pct (one decimal), a JSON number on even records and a string on odd ones."""
     samples = []
     for idx in range(n):
         img = new_image(spec, rng)
         w, h = img.size
         pct = round(float(rng.uniform(5, 95)), 1)
         x0, length = bar_geometry(w)
-        thick = max(12, h // 3)
-        y0 = int(rng.integers(h // 6, h - h // 6 - thick))
+        thick = max(12, 2 * h // 3)
+        y0 = int(rng.integers(h // 8, h - h // 8 - thick + 1))
         draw = ImageDraw.Draw(img)
         draw.rectangle([x0, y0, x0 + length - 1, y0 + thick - 1], fill=110)
         draw.rectangle([x0, y0 + 2, x0 + round(pct / 100 * length) - 1, y0 + thick - 3], fill=250)
