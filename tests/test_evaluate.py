@@ -7,13 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_training import _free_port
 
 from qwenvl.data.processing import record_to_messages, render_text
 from qwenvl.eval.evaluate import (
@@ -522,12 +522,6 @@ TRAIN_ARGS = {
     "min_pixels": "1024",
     "max_pixels": "16384",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(model: Path, converted: Path, out: Path) -> None:
