@@ -763,6 +763,25 @@ def test_dry_run_summary_fails_on_nan(tmp_path):
     assert "only 2 of 3 steps" in text
 
 
+def test_grpo_dry_run_summary_adds_each_steps_rewards(tmp_path, capsys):
+    from qwenvl.train.grpo_dry_run import main
+
+    rows = [
+        {"step": 1, "loss": 0.5, "reward": 0.7, "kl": 0.01, "reward_task/classification": 0.7},
+        {"step": 2, "loss": 0.25, "reward": 0.9},
+    ]
+    (tmp_path / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main([str(tmp_path), "--expected_steps", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  all steps finite: ready for full training" in out
+    assert out[-3:] == [
+        "GRPO rewards per step:",
+        "  step    1  reward 0.7  kl 0.01  reward_task/classification 0.7",
+        "  step    2  reward 0.9",
+    ]
+    assert main([str(tmp_path)]) == 1  # 3 steps expected by default
+
+
 # --------------------------------------------------------------------------- a micro-batch with no sample left
 def test_batch_whose_every_item_failed_contributes_nothing_and_is_named(tiny_dir, demo_converted, tmp_path):
     """Batch 1: a JPEG that passes the header check but is truncated after conversion fails to decode inside the

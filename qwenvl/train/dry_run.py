@@ -11,15 +11,21 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from qwenvl.flare.runfiles import TRAIN_LOG_JSONL
 
 
-def summarize(output_dir: Path, expected_steps: int, exit_status: int = 0) -> tuple[bool, str]:
+def logged_steps(output_dir: Path) -> list[dict]:
+    """The records of ``train_log.jsonl`` that carry a step's loss (none when the file is missing)."""
     path = output_dir / TRAIN_LOG_JSONL
     records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
-    steps = [r for r in records if "loss" in r]
+    return [r for r in records if "loss" in r]
+
+
+def summarize(output_dir: Path, expected_steps: int, exit_status: int = 0) -> tuple[bool, str]:
+    steps = logged_steps(output_dir)
     lines = ["=" * 60, "DRY RUN SUMMARY", "=" * 60]
     for r in steps:
         lines.append(
@@ -48,14 +54,26 @@ def summarize(output_dir: Path, expected_steps: int, exit_status: int = 0) -> tu
     return ok, "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(
+    argv: list[str] | None = None,
+    *,
+    description: str | None = __doc__,
+    expected_steps: int = 5,
+    details: Callable[[Path], str] | None = None,
+) -> int:
+    """The command line; a training mode with more to show per step passes its ``description``, its default
+    ``expected_steps`` and ``details`` (output folder -> text printed after the verdict)."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("output_dir", type=Path)
-    ap.add_argument("--expected_steps", type=int, default=5)
+    ap.add_argument("--expected_steps", type=int, default=expected_steps)
     ap.add_argument("--exit_status", type=int, default=0)
     a = ap.parse_args(argv)
     ok, text = summarize(a.output_dir, a.expected_steps, a.exit_status)
     print(text)
+    if details is not None:
+        print(details(a.output_dir))
     return 0 if ok else 1
 
 
