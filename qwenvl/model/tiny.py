@@ -384,7 +384,13 @@ def build_tiny_model(output_dir: str | Path, seed: int = 0) -> Path:
         torch.manual_seed(seed)
         model = transformers.Qwen3VLForConditionalGeneration(config)
     model.generation_config = transformers.GenerationConfig(**GENERATION_SETTINGS)
-    model.save_pretrained(out)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # one small shard: a bar would only be noise
+    try:
+        model.save_pretrained(out)
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
     build_processor(tokenizer).save_pretrained(out)
     _write_build_info(out, seed, model)
     return out

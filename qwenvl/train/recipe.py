@@ -125,6 +125,8 @@ def run_recipe(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if args.training.process_index == 0 else logging.WARNING,
     )
+    if args.training.disable_tqdm:  # no bar at all then, the checkpoint writer's included
+        transformers.utils.logging.disable_progress_bar()
     recipe = recipe_class(args)
     try:
         recipe.setup()
