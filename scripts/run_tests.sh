@@ -3,4 +3,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 "${RUN[@]}" ruff check .
 "${RUN[@]}" ruff format --check .
-"${RUN[@]}" pytest -q "$@"
+"${RUN[@]}" pytest -q --durations=20 "$@"  # the 20 slowest tests listed at the end
