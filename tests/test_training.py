@@ -691,8 +691,15 @@ def test_resume_from_a_middle_checkpoint_reproduces_the_uninterrupted_run(tiny_d
     ]
     (resumed / "train_log.jsonl").write_text("\n".join(kept) + "\n")
     shutil.copy(full / "run.json", resumed / "run.json")
-    proc = _torchrun(_base_args(tiny_dir, resumed, resume_from_checkpoint="auto", **args), demo_converted)
+    resume = _base_args(tiny_dir, resumed, resume_from_checkpoint="auto", disable_tqdm="True", **args)
+    proc = _torchrun(resume, demo_converted)
     assert "Resuming from" in proc.stderr + proc.stdout and "checkpoint-3" in proc.stderr + proc.stdout
+    # No progress bar: the console shows train.log's lines, not the Trainer's dicts.
+    shown = [line.split("] ", 1)[1] for line in proc.stdout.splitlines() if "] step " in line]
+    assert [line.split(" | ")[:2] for line in shown[:3]] == [
+        [f"step {s}/6", f"loss {reference[s]:.4g}"] for s in (4, 5, 6)
+    ]
+    assert "{'loss'" not in proc.stdout
 
     again = _losses(resumed)
     steps = [r["step"] for r in _log(resumed) if "loss" in r]

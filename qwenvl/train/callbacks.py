@@ -161,12 +161,14 @@ class RunRecordCallback(TrainerCallback):
     - ``train.log``: the same, human-readable (``tail -f output/<run>/*.log``).
 
     A resumed run appends; lines for steps after the resumed checkpoint (written before the interruption)
-    are dropped first, so no step appears twice.
+    are dropped first, so no step appears twice. With ``echo`` each ``train.log`` line is printed too (the
+    console's log when there is no progress bar).
     """
 
-    def __init__(self, output_dir: str | Path, run_args: dict):
+    def __init__(self, output_dir: str | Path, run_args: dict, echo: bool = False):
         self.dir = Path(output_dir)
         self.run_args = run_args
+        self.echo = echo
         self.t0 = time.time()
         self.last_time = self.t0
         self.last_step = 0
@@ -196,6 +198,8 @@ class RunRecordCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
         with open(self.dir / TRAIN_LOG_TEXT, "a") as f:
             f.write(text + "\n")
+        if self.echo:
+            print(text, flush=True)
 
     def _truncate_after(self, step: int) -> None:
         path = self.dir / TRAIN_LOG_JSONL

@@ -410,7 +410,11 @@ class TrainingRecipe:
             trainer.checkpoint_writers.append(self.checkpoint_files.save_to)
             self.checkpoint_files.written_by_trainer = True
         self.stopper = GracefulStopCallback()
-        record = RunRecordCallback(self.args.training.output_dir, self.run_info["arguments"])
+        # Without a progress bar the console gets train.log's one-line records instead of the Trainer's dicts.
+        echo = bool(self.args.training.disable_tqdm)
+        if echo:
+            trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+        record = RunRecordCallback(self.args.training.output_dir, self.run_info["arguments"], echo=echo)
         for callback in (self.checkpoint_files, self.stopper, record):
             trainer.add_callback(callback)
         if self.generation_records:
