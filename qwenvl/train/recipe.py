@@ -383,6 +383,9 @@ class TrainingRecipe:
             dtype=training_dtype(training, lora=lora_args.lora_enable),
             attn_implementation=model_args.attn_implementation,
         )
+        text = model.config.get_text_config()
+        if text.pad_token_id is None:  # what the Trainer would set, with a notice on every run
+            text.pad_token_id = self.processor.tokenizer.pad_token_id
         lora = (
             LoraSettings.from_args(lora_args, tune_llm=model_args.tune_mm_llm)
             if lora_args.lora_enable
