@@ -142,24 +142,25 @@ print("CUDA_CALLS", seen)
 
 # ---------------------------------------------------------------------------------- the whole command
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_gpu_check_tiny_completes_every_step(tmp_path: Path, demo_converted: Path) -> None:
     out = tmp_path / "check"
     # reuse the session's converted demo tree instead of building one (the script builds it when missing)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "converted").symlink_to(demo_converted)
-    # the budget is a cap for a loaded CI machine: on an idle 2-core machine the run takes 1-2 minutes
+    # the budget is a cap for a loaded machine (the guide's ZeRO-3 offload step, a third of it, took over 220 s
+    # on 2 cores shared with other jobs): on an idle 2-core machine the whole run takes about 3 minutes
     proc = subprocess.run(
-        ["bash", "scripts/gpu_check.sh", "--tiny", "--output", str(out), "--budget_s", "720"],
+        ["bash", "scripts/gpu_check.sh", "--tiny", "--output", str(out), "--budget_s", "1000"],
         cwd=REPO,
         env={**os.environ, "GPU_CHECK_DATA": str(tmp_path / "data")},
         capture_output=True,
         text=True,
-        timeout=850,
+        timeout=1150,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
-    assert report["tiny"] is True and report["elapsed_s"] <= 720 + 30
+    assert report["tiny"] is True and report["elapsed_s"] <= 1000 + 30
     env = report["environment"]
     assert env["torch"] and env["transformers"] and env["deepspeed"] and env["gpu"] is None
     assert env["attention_choice"] == "sdpa_packed"  # no flash-attn on a CPU
