@@ -81,6 +81,23 @@ def evaluate_rewards(
     return result
 
 
+def format_summary(result: dict[str, Any]) -> str:
+    """The mean rewards of :func:`evaluate_rewards`'s ``result`` in a few lines: overall, then per task type."""
+
+    def line(name: str, part: dict[str, Any]) -> str:
+        if not part["n"]:
+            return f"  {name:<28}    0 records"
+        return (
+            f"  {name:<28} {part['n']:>4} records   reward {part['reward']:.4f}   "
+            f"{ANSWER} {part[ANSWER]:.4f}   {FORMAT} {part[FORMAT]:.4f}"
+        )
+
+    rows = [line(result.get("dataset_use") or "all", result)]
+    if len(result["by_task_type"]) > 1:
+        rows += [line(name, part) for name, part in result["by_task_type"].items()]
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model_path", required=True)
@@ -90,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--answer_reward_weight", type=float, default=DEFAULT_WEIGHTS[ANSWER])
     ap.add_argument("--format_reward_weight", type=float, default=DEFAULT_WEIGHTS[FORMAT])
     ap.add_argument("--output", type=Path, default=None, help="write the result as JSON here")
+    ap.add_argument(
+        "--summary", action="store_true", help="print one line per task type instead of the whole result"
+    )
     a = ap.parse_args(argv)
     weights = {ANSWER: a.answer_reward_weight, FORMAT: a.format_reward_weight}
     try:
@@ -99,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.output:
         write_json_atomic(a.output, result)
-    print(json.dumps(result, indent=2))
+    if a.summary:
+        print(format_summary(result))
+    else:
+        print(json.dumps(result, indent=2))
     return 0
 
 
