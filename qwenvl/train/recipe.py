@@ -134,6 +134,12 @@ def run_recipe(
         print(f"error: {e}", file=sys.stderr)
         return 2
     recipe.train()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # Torn down here, not left to the interpreter's exit: there gloo's threads sometimes abort a rank
+        # after a finished run ("terminate called without an active exception", exit status -6).
+        dist.destroy_process_group()
     return 0
 
 
