@@ -439,6 +439,7 @@ def test_reward_rises_on_a_learnable_case(tiny_dir, demo_converted, tmp_path, re
         num_generations="4",
         max_completion_length="2",
         learning_rate="5e-3",
+        beta="0",  # no reference model: a quarter less per step; the KL term is tested elsewhere
         save_strategy="steps",
         save_steps="1000",
         **pixels,
@@ -446,7 +447,8 @@ def test_reward_rises_on_a_learnable_case(tiny_dir, demo_converted, tmp_path, re
     recipe.train()
     after = evaluate_rewards(str(out), str(only_a), max_new_tokens=4)
     rewards = [_steps(out)[k]["reward"] for k in range(1, 7)]
-    # Measured (seed 7): greedy 0.2 -> 1.2 (answer 0/6 -> 6/6), training rewards 0.25 0.70 0.80 1.20 1.08 0.78.
+    # Measured (seed 7): greedy 0.2 -> 1.2 (answer 0/6 -> 6/6), training rewards 0.25 0.70 0.80 1.20 1.07 1.20
+    # (GRPO seeds 8 and 9: first three steps 0.88 / 0.37 -> last three 1.11 / 0.83, greedy 0.2 -> 1.2 each).
     assert before["format"] == 1.0  # the SFT model answers with a letter
     assert after["format"] == 1.0 and after["reward"] >= before["reward"] + 0.5
     assert sum(rewards[3:]) / 3 > sum(rewards[:3]) / 3 + 0.2
