@@ -4,8 +4,8 @@
 # seeded GRPO from it on the training records, and the same rewards again: before and after.
 # Measured (flare_cmmd, the defaults below, OMP_NUM_THREADS=1, 2 cores; the same figures on every run):
 # held-out greedy reward on the 48 validation records 0.7000 -> 1.0958 (answer 0.5000 -> 0.8958, format 1.0 ->
-# 1.0), reward of the sampled training completions 0.85 (first 10 steps) -> 0.95 (last 10); 7.6-8.4 s per GRPO
-# step (median) and 282-300 s in all with other jobs on the machine; see README, "Second stage: GRPO".
+# 1.0), reward of the sampled training completions 0.85 (first 10 steps) -> 0.95 (last 10); 8.5 s per GRPO
+# step (median of 20, 7.5-9.0 s) and 273 s in all on an idle machine; see README, "Second stage: GRPO".
 # The short SFT leaves a partly right model: its sampled letters follow the image (at temperature 1 the right
 # letter has probability 0.64 on average) but its letter prior still outweighs the image, so its greedy answer
 # is always A; GRPO sharpens the image-dependent part. From an SFT model whose greedy answers already follow the

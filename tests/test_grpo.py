@@ -285,6 +285,34 @@ def test_rewards_are_logged_per_task_type(grpo_recipe):
     trainer._metrics["train"].clear()
 
 
+def test_held_out_rewards_are_scored_and_summarised_per_task_type():
+    """grpo_eval's scores (what scripts/demo_grpo.sh compares before and after GRPO) on hand-computed answers,
+    and its one-line-per-task-type summary."""
+    from qwenvl.train.grpo_eval import format_summary, score_answers
+
+    def record(question: str, answer: str, task_type: str) -> dict:
+        turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+        return {"image": "x.png", "conversations": turns, "meta": {"task_type": task_type}}
+
+    records = [
+        record("Benign or malignant? A. Benign, B. Malignant", "A", "classification"),
+        record("Benign or malignant? A. Benign, B. Malignant", "B", "classification"),
+        record("How many cells? Answer with an integer.", "10", "counting"),
+    ]
+    result = score_answers(records, ["A", "no idea", "5"])
+    # classification: 1.2 and 0.0; counting: 1 / (1 + 5 / 10) = 2/3, + 0.2 format
+    assert result["n"] == 3 and result["format"] == pytest.approx(2 / 3, abs=1e-4)
+    assert result["reward"] == pytest.approx((1.2 + 0.0 + 2 / 3 + 0.2) / 3, abs=1e-4)
+    assert result["by_task_type"]["classification"] == {"n": 2, "reward": 0.6, "answer": 0.5, "format": 0.5}
+    lines = format_summary({**result, "dataset_use": "demo_val"}).splitlines()
+    assert len(lines) == 3 and lines[0].split()[:3] == ["demo_val", "3", "records"]
+    assert "reward 0.6000" in lines[1] and lines[2].split()[0] == "counting"
+    one_type = score_answers(records[:1], ["A"])
+    assert format_summary(one_type).splitlines() == [
+        "  all                             1 records   reward 1.2000   answer 1.0000   format 1.0000"
+    ]
+
+
 # ------------------------------------------------------------------------------------------------- slow
 def _free_port() -> int:
     with socket.socket() as s:
