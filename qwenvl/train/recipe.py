@@ -114,6 +114,8 @@ def run_recipe(
     wrong before training starts (a bad flag, a setting the Trainer's config or the recipe rejects)."""
     import sys
 
+    import torch.distributed as dist
+
     argv = init_cpu_distributed(sys.argv[1:] if argv is None else argv)
     parse, recipe_class = mode()
     try:
@@ -125,8 +127,6 @@ def run_recipe(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if args.training.process_index == 0 else logging.WARNING,
     )
-    if args.training.disable_tqdm:  # no bar at all then, the checkpoint writer's included
-        transformers.utils.logging.disable_progress_bar()
     recipe = recipe_class(args)
     try:
         recipe.setup()
@@ -134,8 +134,6 @@ def run_recipe(
         print(f"error: {e}", file=sys.stderr)
         return 2
     recipe.train()
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         # Torn down here, not left to the interpreter's exit: there gloo's threads sometimes abort a rank
         # after a finished run ("terminate called without an active exception", exit status -6).
@@ -419,9 +417,11 @@ class TrainingRecipe:
             trainer.checkpoint_writers.append(self.checkpoint_files.save_to)
             self.checkpoint_files.written_by_trainer = True
         self.stopper = GracefulStopCallback()
-        # Without a progress bar the console gets train.log's one-line records instead of the Trainer's dicts.
+        # Without a progress bar (--disable_tqdm) no bar at all, the checkpoint writer's included, and the console
+        # gets train.log's one-line records instead of the Trainer's dicts.
         echo = bool(self.args.training.disable_tqdm)
         if echo:
+            transformers.utils.logging.disable_progress_bar()
             trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
         record = RunRecordCallback(self.args.training.output_dir, self.run_info["arguments"], echo=echo)
         for callback in (self.checkpoint_files, self.stopper, record):
