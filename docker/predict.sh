@@ -13,7 +13,8 @@ set -eu
 INPUT_DIR="${INPUT_DIR:-/workspace/inputs}"
 OUTPUT_DIR="${OUTPUT_DIR:-/workspace/outputs}"
 MODEL_PATH="${MODEL_PATH:-/opt/flare25/model}"  # the checkpoint baked into the image
-BATCH_SIZE="${BATCH_SIZE:-8}"
+BACKEND="${BACKEND:-hf}"  # hf (transformers generate) or vllm (an image built with --build-arg BACKEND=vllm)
+BATCH_SIZE="${BATCH_SIZE:-}"  # default: 8 records per generate call (hf), 64 concurrent sequences (vllm)
 BOX_FORMAT="${BOX_FORMAT:-qwen1000}"  # the converter's --box_format the checkpoint was trained with
 PYTHON="${PYTHON:-python}"
 
@@ -28,11 +29,14 @@ set -- \
     --input_dir "$INPUT_DIR" \
     --output_dir "$OUTPUT_DIR" \
     --model_path "$MODEL_PATH" \
-    --batch_size "$BATCH_SIZE" \
+    --backend "$BACKEND" \
     --box_format "$BOX_FORMAT" \
     --no_progress
 # Optional overrides, unset in the image: the defaults are each task type's token budget and the pixel
 # limits the checkpoint was trained with.
+if [ -n "$BATCH_SIZE" ]; then
+    set -- "$@" --batch_size "$BATCH_SIZE"
+fi
 if [ -n "${MAX_NEW_TOKENS:-}" ]; then
     set -- "$@" --max_new_tokens "$MAX_NEW_TOKENS"
 fi

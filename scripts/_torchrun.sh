@@ -1,15 +1,17 @@
 # Sourced by the training launchers (sft_qwen3_4b_flare.sh, grpo_qwen3_4b_flare.sh) after _env.sh: what this
 # machine offers, and the pieces every launch shares.
-#   probe_machine        sets HAS_CUDA, GPU_COUNT, BF16_OK, HAS_SHUTDOWN_FLAG
+#   probe_machine        sets HAS_CUDA, GPU_COUNT, BF16_OK, HAS_SHUTDOWN_FLAG; stops the launch (exit 3, with the
+#                        cause and the fix) when the machine's NVIDIA GPUs are unusable to torch (ALLOW_CPU=1 runs
+#                        on the CPU anyway), NPROC_PER_NODE exceeds the GPUs, or bf16 meets a GPU without it
+#                        (qwenvl/machine.py); run before the launcher's defaults, which it reads as given
 #   wandb_without_key    with REPORT_TO wandb and no key: log offline to $OUTPUT_DIR/wandb (and say so)
 #   torchrun_launch F..  replaces the shell (exec: signals reach torchrun) with torchrun on the training entry
 #                        point F and its arguments: NNODES, NODE_RANK, NPROC_PER_NODE, MASTER_ADDR/PORT and
 #                        the stop grace period SHUTDOWN_TIMEOUT
 probe_machine() {
-    read -r HAS_CUDA GPU_COUNT BF16_OK HAS_SHUTDOWN_FLAG < <("${RUN[@]}" python -c "import torch; \
-c = torch.cuda.is_available(); import inspect, torch.distributed.run as r; \
-print(int(c), torch.cuda.device_count(), int(c and torch.cuda.is_bf16_supported()), \
-int('shutdown-timeout' in inspect.getsource(r)))" 2>/dev/null || echo 0 0 0 0)
+    local probe
+    probe=$("${PY[@]}" -m qwenvl.machine --launch --nproc "${NPROC_PER_NODE:-}" --bf16 "${BF16:-}") || exit $?
+    read -r HAS_CUDA GPU_COUNT BF16_OK HAS_SHUTDOWN_FLAG <<<"$probe"
 }
 
 wandb_without_key() {
@@ -29,6 +31,6 @@ torchrun_launch() {
     export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=$SHUTDOWN_TIMEOUT
     local shutdown=()
     [ "${HAS_SHUTDOWN_FLAG:-0}" = 1 ] && shutdown=(--shutdown-timeout "$SHUTDOWN_TIMEOUT")
-    exec "${RUN[@]}" torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
+    exec "${PY[@]}" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$NPROC_PER_NODE" \
         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" "${shutdown[@]}" "$@"
 }

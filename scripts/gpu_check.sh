@@ -11,20 +11,13 @@
 # default budget 180 s).
 # No network needed: demo data and the processor are built locally (HF_HUB_OFFLINE=1).
 # PYTHON=python3 runs it with that interpreter (e.g. a GPU machine's own torch, with wheels on PYTHONPATH)
-# instead of the project's .venv / uv environment.
+# instead of the project's .venv / uv environment. Stops before any model loads where the machine's NVIDIA GPUs
+# are unusable to torch (qwenvl/machine.py; ALLOW_CPU=1 to measure on the CPU anyway).
 set -euo pipefail
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$REPO_ROOT"
-if [ -n "${PYTHON:-}" ]; then  # a machine's own interpreter: the repository itself on the path, no uv
-    PY=("$PYTHON")
-    export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-elif [ -x .venv/bin/python ]; then
-    PY=(.venv/bin/python)
-else
-    export SKIP_SYNC=${SKIP_SYNC:-1}
-    source scripts/_env.sh
-    PY=("${RUN[@]}" python)
-fi
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[ -x .venv/bin/python ] && export SKIP_SYNC=${SKIP_SYNC:-1}  # the environment as it is: no sync per check
+source scripts/_env.sh
+"${PY[@]}" -m qwenvl.machine
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
 DATA_DIR=${GPU_CHECK_DATA:-$REPO_ROOT/demo/gpu_check_data}
 if [ ! -f "$DATA_DIR/converted/BUSI-det_val.json" ]; then

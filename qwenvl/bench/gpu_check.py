@@ -7,7 +7,9 @@
    accumulation 16; skipped with a note when DeepSpeed is not importable), ``packed`` (full finetune, no
    offload), ``lora``, ``packed+lora``; then ``generation``: the evaluator's batched generator
    (:class:`qwenvl.eval.generate.BatchGenerator`, format-constrained) on short answers and on box lists, its
-   answers parsed by their task types.
+   answers parsed by their task types; where vLLM is importable (the vLLM environment, envs/vllm), also
+   ``vllm_generation``: the same records and batch through the vLLM backend
+   (:class:`qwenvl.eval.vllm_backend.VLLMGenerator`), beside the HF figures.
 3. ``gpu_check.json`` and ``gpu_check.md`` in ``--output``, rewritten after every step, so a run cut short
    still leaves what it measured. The whole run keeps within ``--budget_s``.
 
@@ -47,9 +49,19 @@ ARCHITECTURE = REPO / "configs" / "qwen3_vl_4b"
 ZERO3_OFFLOAD = REPO / "configs" / "zero3_offload.json"
 TRAIN_CONFIGS = ("guide", "packed", "lora", "packed+lora")
 STEPS = ("environment", *TRAIN_CONFIGS, "generation")
+VLLM_STEP = "vllm_generation"  # after STEPS, where vLLM is importable (it adds VLLM_BUDGET_S to the budget)
+VLLM_BUDGET_S = 240.0  # the model saved for the engine, the engine's start (CUDA graphs on a GPU)
 # Share of the remaining budget each step may take (the guide's offloaded optimizer step is the slowest).
 ENVIRONMENT_SHARE = 0.2  # of the budget left after the fork server's imports
-SHARES = {"environment": 1.0, "guide": 3.0, "packed": 2.0, "lora": 1.5, "packed+lora": 1.5, "generation": 1.5}
+SHARES = {
+    "environment": 1.0,
+    "guide": 3.0,
+    "packed": 2.0,
+    "lora": 1.5,
+    "packed+lora": 1.5,
+    "generation": 1.5,
+    VLLM_STEP: 2.5,
+}
 MIN_STEP_S = 15.0
 BUDGET_S = 420.0  # one GPU: < 8 minutes with the set-up
 TINY_BUDGET_S = 180.0  # --tiny on a 2-core CPU
@@ -221,7 +233,6 @@ def _child_generation(spec: dict) -> dict:
     from qwenvl.bench.configs import mfu, peak_bf16_flops
     from qwenvl.bench.runner import BenchOptions, _total_parameters, build_model, load_processor_for
     from qwenvl.eval.generate import BatchGenerator
-    from qwenvl.eval.predictions import make_predictions
 
     options = BenchOptions(**spec["options"])
     on_gpu = options.device.startswith("cuda")
@@ -267,30 +278,97 @@ def _child_generation(spec: dict) -> dict:
                 seconds = time.perf_counter() - start
             finally:
                 model.generation_config.min_new_tokens = None
-            predictions = make_predictions(records, generations)
-            generated = sum(g.n_new_tokens for g in generations)
-            tokens_per_s = generated / seconds if seconds > 0 else 0.0
-            results["batches"][label] = {
-                "dataset": dataset,
-                "constrained": not generator.free_decoding,
-                "batch_size": len(records),
-                "max_new_tokens": budget,
-                "generated_tokens": generated,
-                "longest_answer_tokens": max(g.n_new_tokens for g in generations),
-                "parsed": sum(p.parsed for p in predictions),
-                "answers": [p.text for p in predictions],
-                "seconds": round(seconds, 4),
-                "samples_per_s": round(len(records) / seconds, 3) if seconds > 0 else 0.0,
-                "tokens_per_s": round(tokens_per_s, 1),
-                "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None,
-                "mfu": mfu(total, tokens_per_s, peak, factor=2),
-            }
+            entry = _batch_figures(dataset, records, generations, seconds, budget, on_gpu)
+            entry["constrained"] = not generator.free_decoding
+            entry["mfu"] = mfu(total, entry["tokens_per_s"], peak, factor=2)
+            results["batches"][label] = entry
+    return results
+
+
+def _batch_figures(
+    dataset: str, records: list[dict], generations: list, seconds: float, budget: int, on_gpu: bool
+) -> dict[str, Any]:
+    """One timed generation batch as the check reports it (either backend): its answers parsed by their
+    task types (:func:`~qwenvl.eval.predictions.make_predictions`), tokens, time, throughput, peak memory."""
+    import torch
+
+    from qwenvl.eval.predictions import make_predictions
+
+    predictions = make_predictions(records, generations)
+    generated = sum(g.n_new_tokens for g in generations)
+    return {
+        "dataset": dataset,
+        "constrained": True,
+        "batch_size": len(records),
+        "max_new_tokens": budget,
+        "generated_tokens": generated,
+        "longest_answer_tokens": max(g.n_new_tokens for g in generations),
+        "parsed": sum(p.parsed for p in predictions),
+        "answers": [p.text for p in predictions],
+        "seconds": round(seconds, 4),
+        "samples_per_s": round(len(records) / seconds, 3) if seconds > 0 else 0.0,
+        "tokens_per_s": round(generated / seconds, 1) if seconds > 0 else 0.0,
+        "peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None,
+        "mfu": None,
+    }
+
+
+def _child_vllm_generation(spec: dict) -> dict:
+    """The ``short`` and ``boxes`` batches of :func:`_child_generation` (same records, batch and budgets,
+    format-constrained) through the vLLM backend, its engine in this process. vLLM loads a folder: the
+    ``model_path``, else the random architecture saved first (bf16), or on the CPU path the tiny model with
+    32-dimension heads (vLLM's CPU kernels need them). ``peak_memory_mb`` includes the KV cache vLLM reserves
+    up front. Each batch has an untimed warm-up of one record first (it also compiles the patterns)."""
+    import torch
+
+    from qwenvl.bench.runner import BenchOptions, build_model, load_processor_for
+    from qwenvl.eval.vllm_backend import EngineSettings, VLLMGenerator, load_engine
+
+    options = BenchOptions(**spec["options"])
+    on_gpu = options.device.startswith("cuda")
+    converted = Path(os.environ["FLARE25_CONVERTED_DIR"])
+    batch = spec["batch_size"]
+    with tempfile.TemporaryDirectory(prefix="qwenvl_vllm_") as tmp:
+        model_dir = options.model_path
+        if model_dir is None and not on_gpu:
+            from qwenvl.model.tiny import VLLM_CPU_HEAD_DIM, build_tiny_model
+
+            model_dir = str(build_tiny_model(Path(tmp) / "tiny32", seed=0, head_dim=VLLM_CPU_HEAD_DIM))
+        elif model_dir is None:
+            model_dir = str(Path(tmp) / "random")
+            build_model(options).save_pretrained(model_dir)
+            load_processor_for(options, Path(tmp)).save_pretrained(model_dir)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        engine = load_engine(
+            model_dir,
+            options.min_pixels,
+            options.max_pixels,
+            device=options.device,
+            settings=EngineSettings(max_num_seqs=batch, max_model_len=4096),
+            in_process=True,
+        )
+        results: dict[str, Any] = {"engine_start_s": round(time.perf_counter() - start, 1), "batches": {}}
+        generator = VLLMGenerator(
+            engine.llm, engine.processor, engine.stop_ids, progress=False, pixel_plan=engine.pixel_plan
+        )
+        for label, dataset in (("short", "retino_val"), ("boxes", "BUSI-det_val")):
+            records = _records(converted, dataset, batch)
+            generator(records[:1])  # warm-up
+            start = time.perf_counter()
+            generations = generator(records)
+            seconds = time.perf_counter() - start
+            results["batches"][label] = _batch_figures(
+                dataset, records, generations, seconds, max(generator.budget_for(r) for r in records), on_gpu
+            )
     return results
 
 
 CHILDREN: dict[str, Callable[[dict], dict]] = {
     "environment": _child_environment,
     "generation": _child_generation,
+    VLLM_STEP: _child_vllm_generation,
     **{name: _child_train for name in TRAIN_CONFIGS},
 }
 
@@ -437,7 +515,7 @@ def markdown(report: dict) -> str:
         "| starter epoch (4,418) | all 19 (52,655) |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name in STEPS:
+    for name in (*STEPS, *([VLLM_STEP] if VLLM_STEP in report["steps"] else [])):
         r = report["steps"].get(name)
         if r is None:
             lines.append(f"| {name} | not run (budget) | | | | | | | | |")
@@ -450,13 +528,14 @@ def markdown(report: dict) -> str:
         if name == "environment":
             lines.append(f"| environment | ok ({r['wall_s']:.0f} s) | | | | | | | | |")
             continue
-        if name == "generation":
+        if name in ("generation", VLLM_STEP):
+            attention = r.get("attn_implementation", "vLLM's")
             for label, b in r["batches"].items():
                 mode = "constrained" if b["constrained"] else "free, forced length"
                 lines.append(
-                    f"| generation {label} (batch {b['batch_size']}, {mode}, <= {b['max_new_tokens']} new, "
+                    f"| {name.replace('_', ' ')} {label} (batch {b['batch_size']}, {mode}, <= {b['max_new_tokens']} new, "
                     f"{b['generated_tokens']} generated, {b['parsed']}/{b['batch_size']} parsed) | ok "
-                    f"| {r['attn_implementation']} | {_fmt(b['samples_per_s'])} | {_fmt(b['tokens_per_s'], '.0f')} "
+                    f"| {attention} | {_fmt(b['samples_per_s'])} | {_fmt(b['tokens_per_s'], '.0f')} "
                     f"| {_fmt(b['seconds'], '.3f')} | {_fmt(b['peak_memory_mb'], '.0f')} | {_fmt(b['mfu'], '.1%')} | | |"
                 )
             continue
@@ -530,8 +609,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--warmup", type=int, default=None, help="untimed optimizer steps first (default 1; tiny 0)"
     )
-    p.add_argument("--only", default=",".join(STEPS[1:]), help="comma-separated steps to run")
+    p.add_argument(
+        "--only",
+        default=",".join(default_steps()),
+        help=f"comma-separated steps to run (default: all; {VLLM_STEP} where vLLM is importable)",
+    )
+    p.add_argument(
+        "--pixel_policy",
+        default="global",
+        choices=("global", "per_dataset"),
+        help="image budgets of the training steps: global (default, the guide's 49 tokens) or per_dataset "
+        "(the dataset table's, as training's default)",
+    )
     return p.parse_args(argv)
+
+
+def default_steps() -> tuple[str, ...]:
+    """The steps run without ``--only``: every step, the vLLM one where vLLM is importable."""
+    return (*STEPS[1:], *([VLLM_STEP] if importlib.util.find_spec("vllm") is not None else []))
 
 
 def step_specs(
@@ -550,6 +645,7 @@ def step_specs(
         "pipeline_samples": 2 if args.tiny else 8,
         "dataloader_workers": 0 if args.tiny else 2,
         "attn_implementation": "auto",
+        "pixel_policy": args.pixel_policy,
     }
     if args.model_path or model_path:
         options["model_path"] = args.model_path or model_path
@@ -559,7 +655,7 @@ def step_specs(
         options.update(model_max_length=1024, max_pixels=12544, min_pixels=784)
     wanted = {s.strip() for s in args.only.split(",") if s.strip()}
     specs = []
-    for name in (n for n in STEPS[1:] if n in wanted):
+    for name in (n for n in (*STEPS[1:], VLLM_STEP) if n in wanted):
         spec: dict[str, Any] = {
             "name": name,
             "slug": name.replace("+", "_"),
@@ -575,7 +671,11 @@ def step_specs(
                     + install_hint("deepspeed")
                 )
             spec["deepspeed"] = str(ZERO3_OFFLOAD)
-        if name == "generation":
+        if name == VLLM_STEP and importlib.util.find_spec("vllm") is None:
+            from qwenvl.eval.vllm_backend import INSTALL_HINT
+
+            spec["skip"] = f"vLLM is not importable here. {INSTALL_HINT}"
+        if name in ("generation", VLLM_STEP):
             spec["batch_size"] = 8 if on_gpu else 4
             # the long answer: the whole box-list budget; --tiny: 32 tokens of it
             spec["long_tokens"] = 32 if args.tiny else None
@@ -588,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
         return child_main(sys.argv[2], sys.argv[3])
     args = parse_args(argv)
     start = time.monotonic()
-    budget_s = args.budget_s or (TINY_BUDGET_S if args.tiny else BUDGET_S)
+    budget_s = args.budget_s or (TINY_BUDGET_S if args.tiny else BUDGET_S) + (
+        VLLM_BUDGET_S if VLLM_STEP in args.only.split(",") else 0.0
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     output = Path(args.output)
     if not os.environ.get("FLARE25_CONVERTED_DIR"):
