@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from qwenvl.data.rope import mrope_position_ids
+from qwenvl.flare.pixels import ImageBudget
 from qwenvl.flare.schema import IMAGE_TAG, record_problems
 from qwenvl.model.loading import image_token_count
 
@@ -111,8 +112,16 @@ def assistant_labels(input_ids: torch.Tensor, tokenizer: Any, n_assistant_turns:
 
 
 # ------------------------------------------------------------------------------------------- encoding
-def encode_record(record: dict, processor: Any, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-    """Tokens, labels, pixels and mRoPE ids for one record whose images are already loaded (in record order).
+def image_size_kwargs(budget: ImageBudget | None) -> dict[str, Any]:
+    """The processor-call keywords that resize images to ``budget`` (none: the processor's own limits)."""
+    return {"size": budget.processor_size()} if budget is not None else {}
+
+
+def encode_record(
+    record: dict, processor: Any, images: Sequence[Image.Image], budget: ImageBudget | None = None
+) -> dict[str, torch.Tensor]:
+    """Tokens, labels, pixels and mRoPE ids for one record whose images are already loaded (in record order),
+    the images resized within ``budget`` (default: the processor's own pixel limits).
 
     Returns ``input_ids`` ``(L,)``, ``labels`` ``(L,)``, ``position_ids`` ``(3, L)`` and, when the record has
     images, ``pixel_values`` ``(patches, C*T*P*P)`` and ``image_grid_thw`` ``(n_images, 3)``.
@@ -122,7 +131,12 @@ def encode_record(record: dict, processor: Any, images: Sequence[Image.Image]) -
     if len(images) != n_images:
         raise ValueError(f"the record needs {n_images} image(s), {len(images)} were given")
     text = render_text(messages, processor)
-    batch = processor(text=[text], images=list(images) or None, return_tensors="pt")
+    batch = processor(
+        text=[text],
+        images=list(images) or None,
+        return_tensors="pt",
+        **image_size_kwargs(budget if images else None),
+    )
     input_ids = batch["input_ids"][0].long()
     grid = batch.get("image_grid_thw") if images else None
     n_turns = sum(m["role"] == "assistant" for m in messages)
@@ -161,8 +175,18 @@ def check_labels(record: dict, processor: Any) -> None:
         raise ValueError(f"the labels cannot be encoded: {e}{hint}") from None
 
 
-def estimate_length(record: dict, processor: Any, image_sizes: Sequence[tuple[int, int]]) -> int:
-    """The exact ``len(encode_record(...)["input_ids"])`` without decoding any pixels.
+def visual_token_counts(
+    image_sizes: Sequence[tuple[int, int]], processor: Any, budget: ImageBudget | None = None
+) -> list[int]:
+    """The visual tokens each image of ``(width, height)`` becomes within ``budget`` (default: the
+    processor's own limits), without decoding any pixels."""
+    return [image_token_count(int(h), int(w), processor, budget) for w, h in image_sizes]
+
+
+def estimate_length(
+    record: dict, processor: Any, image_sizes: Sequence[tuple[int, int]], budget: ImageBudget | None = None
+) -> int:
+    """The exact ``len(encode_record(..., budget)["input_ids"])`` without decoding any pixels.
 
     ``image_sizes`` are the displayed ``(width, height)`` of the record's images, in order (what
     ``read_image_size`` returns and what ``meta.image_sizes`` stores). Raises ``ValueError`` like
@@ -173,6 +197,5 @@ def estimate_length(record: dict, processor: Any, image_sizes: Sequence[tuple[in
     if len(image_sizes) != n_images:
         raise ValueError(f"the record has {n_images} image(s) but {len(image_sizes)} size(s) were given")
     length = text_token_count(render_text(messages, processor), processor)
-    for width, height in image_sizes:
-        length += image_token_count(int(height), int(width), processor) - 1  # the placeholder is expanded
-    return length
+    # each image's one placeholder is expanded into its visual tokens
+    return length + sum(n - 1 for n in visual_token_counts(image_sizes, processor, budget))

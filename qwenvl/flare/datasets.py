@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 
 from qwenvl.flare import tasks as T
 
+# Budgets in visual tokens per image (one token = a 32x32-pixel block); the square view each allows in brackets.
+GUIDE_TOKENS = 49  # the guide's max_pixels 50,176 (224x224): enough where the answer is a global appearance
+DETAIL_TOKENS = 256  # 512x512: classification and measurement from fine detail
+BOX_TOKENS = 576  # 768x768: box edges of the detection sets
+SMALL_OBJECT_TOKENS = 1024  # 1024x1024: hundreds of small objects to count
+CHROMOSOME_TOKENS = 1296  # 1152x1152: 46 chromosomes to locate one by one
+
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -23,6 +30,12 @@ class DatasetConfig:
     max_images: int = 1  # most images a single record carries
     starter: bool = False  # one of the guide's five starter datasets
     known_counts: dict[str, int] = field(default_factory=dict)  # published record counts per split
+    # The image budget under the per-dataset pixel policy, in visual tokens (32x32-pixel blocks; the
+    # arithmetic is qwenvl.flare.pixels'): at most ``visual_tokens`` per image, at least ``min_visual_tokens``
+    # (None: the guide's min_pixels, 784). ``budget_reason`` says why, in one line.
+    visual_tokens: int = GUIDE_TOKENS
+    min_visual_tokens: int | None = None
+    budget_reason: str = ""
 
     @property
     def multi_image(self) -> bool:
@@ -52,18 +65,96 @@ FLARE_DATASETS: dict[str, DatasetConfig] = dict(
             [T.CLASSIFICATION],
             starter=True,
             known_counts={"train": 1113, "val": 279},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="the grade rests on microaneurysms and small haemorrhages, a few pixels across",
         ),
-        _cfg("fundus", "Retinography", [T.CLASSIFICATION]),
-        _cfg("BUSI-det", "Ultrasound", [T.DETECTION], starter=True, known_counts={"train": 517, "val": 130}),
-        _cfg("BUS-UCLM-det", "Ultrasound", [T.DETECTION], known_counts={"val": 45}),
-        _cfg("BUSI", "Ultrasound", [T.CLASSIFICATION], known_counts={"val": 156}),
-        _cfg("BUS-UCLM", "Ultrasound", [T.CLASSIFICATION], known_counts={"val": 161}),
-        _cfg("iugc", "Ultrasound", [T.CLASSIFICATION, T.DETECTION, T.REGRESSION]),
-        _cfg("boneresorption", "Xray", [T.REGRESSION], starter=True, known_counts={"train": 702}),
-        _cfg("dental", "Xray", [T.CLASSIFICATION]),
-        _cfg("periapical", "Xray", [T.MULTI_LABEL]),
-        _cfg("IU_XRay", "Xray", [T.REPORT_GENERATION], max_images=2, known_counts={"val": 1945}),
-        _cfg("chestdr", "Xray", [T.CLASSIFICATION, T.MULTI_LABEL], known_counts={"val": 970}),
+        _cfg(
+            "fundus",
+            "Retinography",
+            [T.CLASSIFICATION],
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="optic-disc cupping and retinal lesions are fine detail of the fundus photograph",
+        ),
+        _cfg(
+            "BUSI-det",
+            "Ultrasound",
+            [T.DETECTION],
+            starter=True,
+            known_counts={"train": 517, "val": 130},
+            visual_tokens=BOX_TOKENS,
+            budget_reason="box edges at IoU > 0.5: most ultrasound frames stay near their native size",
+        ),
+        _cfg(
+            "BUS-UCLM-det",
+            "Ultrasound",
+            [T.DETECTION],
+            known_counts={"val": 45},
+            visual_tokens=BOX_TOKENS,
+            budget_reason="box edges at IoU > 0.5, as BUSI-det",
+        ),
+        _cfg(
+            "BUSI",
+            "Ultrasound",
+            [T.CLASSIFICATION],
+            known_counts={"val": 156},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="benign against malignant rests on the lesion's margin and echo texture",
+        ),
+        _cfg(
+            "BUS-UCLM",
+            "Ultrasound",
+            [T.CLASSIFICATION],
+            known_counts={"val": 161},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="lesion margin and texture, as BUSI",
+        ),
+        _cfg(
+            "iugc",
+            "Ultrasound",
+            [T.CLASSIFICATION, T.DETECTION, T.REGRESSION],
+            visual_tokens=BOX_TOKENS,
+            budget_reason="boxes and a measurement on the same frames: box precision decides both",
+        ),
+        _cfg(
+            "boneresorption",
+            "Xray",
+            [T.REGRESSION],
+            starter=True,
+            known_counts={"train": 702},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="a percentage read off the bone level along the root: a measurement needs detail",
+        ),
+        _cfg(
+            "dental",
+            "Xray",
+            [T.CLASSIFICATION],
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="caries and restorations are small against the whole radiograph",
+        ),
+        _cfg(
+            "periapical",
+            "Xray",
+            [T.MULTI_LABEL],
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="several small periapical lesions per image, each a label to find",
+        ),
+        _cfg(
+            "IU_XRay",
+            "Xray",
+            [T.REPORT_GENERATION],
+            max_images=2,
+            known_counts={"val": 1945},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="reports name small findings (nodules, lines, tubes) that a 224 view loses",
+        ),
+        _cfg(
+            "chestdr",
+            "Xray",
+            [T.CLASSIFICATION, T.MULTI_LABEL],
+            known_counts={"val": 970},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="several chest findings per film, some small (nodules, effusion angles)",
+        ),
         _cfg(
             "neojaundice",
             "Clinical",
@@ -71,13 +162,59 @@ FLARE_DATASETS: dict[str, DatasetConfig] = dict(
             max_images=3,
             starter=True,
             known_counts={"train": 596, "val": 149},
+            budget_reason="jaundice is a skin colour, visible at any size; three photographs per record",
         ),
-        _cfg("chromosome", "Microscopy", [T.INSTANCE_DETECTION]),
-        _cfg("neurips22cell", "Microscopy", [T.COUNTING], known_counts={"val": 100}),
-        _cfg("bone_marrow", "Microscopy", [T.CLASSIFICATION], starter=True, known_counts={"train": 722}),
-        _cfg("endo", "Endoscopy", [T.CLASSIFICATION], max_images=2, known_counts={"val": 16}),
-        _cfg("bcn20000", "Dermatology", [T.CLASSIFICATION], known_counts={"val": 716}),
-        _cfg("CMMD", "Mammography", [T.CLASSIFICATION], max_images=2, known_counts={"val": 910}),
+        _cfg(
+            "chromosome",
+            "Microscopy",
+            [T.INSTANCE_DETECTION],
+            visual_tokens=CHROMOSOME_TOKENS,
+            min_visual_tokens=256,
+            budget_reason="46 chromosomes to box one by one: at 49 tokens several share one token",
+        ),
+        _cfg(
+            "neurips22cell",
+            "Microscopy",
+            [T.COUNTING],
+            known_counts={"val": 100},
+            visual_tokens=SMALL_OBJECT_TOKENS,
+            min_visual_tokens=256,
+            budget_reason="hundreds of cells to count: at 49 tokens dozens of cells fall into one token",
+        ),
+        _cfg(
+            "bone_marrow",
+            "Microscopy",
+            [T.CLASSIFICATION],
+            starter=True,
+            known_counts={"train": 722},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="cell morphology: nucleus shape, chromatin and granules",
+        ),
+        _cfg(
+            "endo",
+            "Endoscopy",
+            [T.CLASSIFICATION],
+            max_images=2,
+            known_counts={"val": 16},
+            budget_reason="the finding fills much of the endoscopic view; two views per record",
+        ),
+        _cfg(
+            "bcn20000",
+            "Dermatology",
+            [T.CLASSIFICATION],
+            known_counts={"val": 716},
+            visual_tokens=DETAIL_TOKENS,
+            budget_reason="dermoscopic structures (pigment network, dots, streaks) are fine detail",
+        ),
+        _cfg(
+            "CMMD",
+            "Mammography",
+            [T.CLASSIFICATION],
+            max_images=2,
+            known_counts={"val": 910},
+            visual_tokens=BOX_TOKENS,
+            budget_reason="microcalcifications are a few pixels of a mammogram thousands wide; two views",
+        ),
     ]
 )
 

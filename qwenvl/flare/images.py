@@ -170,3 +170,16 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         img.load()
         upright = ImageOps.exif_transpose(img)
         return to_rgb(upright)
+
+
+def fit_to_budget(img: Image.Image, min_pixels: int, max_pixels: int, factor: int) -> Image.Image:
+    """``img`` resized (bicubic) to the size the image processor gives it within ``[min_pixels,
+    max_pixels]`` on its ``factor`` grid (:func:`qwenvl.flare.pixels.smart_resize`): for a caller that cannot
+    pass the processor a budget per image (TRL's GRPO batches), so the processor, whose limits then admit
+    the fitted size, leaves it as it is and each image still gets its own number of visual tokens."""
+    from qwenvl.flare.pixels import smart_resize
+
+    height, width = smart_resize(img.height, img.width, min_pixels, max_pixels, factor)
+    if (width, height) == img.size:
+        return img
+    return img.resize((width, height), Image.Resampling.BICUBIC)

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from qwenvl.compat import register_attention, torch_varlen_attn
+
 logger = logging.getLogger(__name__)
 
 PACKED_SDPA = "sdpa_packed"
@@ -103,7 +105,7 @@ def packed_sdpa_attention_forward(
             out, _ = sdpa_attention_forward(
                 module, q, k, v, None, dropout=dropout, scaling=scaling, is_causal=True, **kwargs
             )
-        elif query.is_cuda and dropout == 0.0 and _varlen_attn() is not None:
+        elif query.is_cuda and dropout == 0.0 and torch_varlen_attn() is not None:
             out = _varlen(q, k, v, lengths, scaling)
         else:
             parts = [
@@ -117,19 +119,11 @@ def packed_sdpa_attention_forward(
     return torch.cat(outputs, dim=0), None
 
 
-def _varlen_attn() -> Any:
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
-
-
 def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int], scale: float | None):
     """One row through PyTorch's varlen flash kernel: ``(1, H, L, D)`` -> ``(1, L, H, D)``."""
     cu = torch.tensor([0, *lengths], device=q.device, dtype=torch.int32).cumsum(0, dtype=torch.int32)
     longest = max(lengths)
-    out = _varlen_attn()(
+    out = torch_varlen_attn()(
         q[0].transpose(0, 1),
         k[0].transpose(0, 1),
         v[0].transpose(0, 1),
@@ -146,11 +140,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: list[int
 def register_packed_sdpa() -> None:
     """Make ``"sdpa_packed"`` a valid ``attn_implementation`` (idempotent). Its mask function is the flash one:
     no 4-D mask, only the 2-D padding mask when there is padding."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
-
-    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention_forward)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, flash_attention_mask)
+    register_attention(PACKED_SDPA, packed_sdpa_attention_forward, mask="flash_attention_2")
 
 
 def flash_attn_available() -> bool:

@@ -8,17 +8,18 @@ both sides are multiples of ``patch_size * merge_size`` (32 for Qwen3-VL) and it
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 
+from qwenvl.compat import image_pixel_limits, set_image_pixel_limits
+from qwenvl.flare import pixels
 from qwenvl.model.attention import select_attn_implementation
 
 # model_type in config.json -> transformers class name.
@@ -41,8 +42,7 @@ _DTYPES: dict[str, torch.dtype] = {
     "float": torch.float32,
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-# smart_resize refuses images more elongated than this (the processor raises too).
-MAX_ASPECT_RATIO = 200
+MAX_ASPECT_RATIO = pixels.MAX_ASPECT_RATIO  # smart_resize refuses images more elongated than this
 
 
 class ModelNotFoundError(OSError):
@@ -194,13 +194,6 @@ class PixelBudget:
         return self.patch_size * self.merge_size
 
 
-def _size_entry(size: Any, key: str) -> int | None:
-    if size is None:
-        return None
-    value = size.get(key) if isinstance(size, Mapping) else getattr(size, key, None)
-    return int(value) if value is not None else None
-
-
 def _image_processor(processor: Any) -> Any:
     return getattr(processor, "image_processor", processor)
 
@@ -208,10 +201,9 @@ def _image_processor(processor: Any) -> Any:
 def pixel_budget(processor: Any) -> PixelBudget:
     """The limits a processor (or its image processor) will actually apply."""
     image_processor = _image_processor(processor)
-    size = getattr(image_processor, "size", None)
-    min_pixels = _size_entry(size, "shortest_edge") or getattr(image_processor, "min_pixels", None)
-    max_pixels = _size_entry(size, "longest_edge") or getattr(image_processor, "max_pixels", None)
+    min_pixels, max_pixels = image_pixel_limits(image_processor)
     if min_pixels is None or max_pixels is None:
+        size = getattr(image_processor, "size", None)
         raise ValueError(f"{type(image_processor).__name__} has no min/max pixel limits (size={size!r}).")
     return PixelBudget(
         min_pixels=int(min_pixels),
@@ -224,11 +216,8 @@ def pixel_budget(processor: Any) -> PixelBudget:
 def set_pixel_limits(
     processor: Any, min_pixels: int | None = None, max_pixels: int | None = None
 ) -> PixelBudget:
-    """Set the image processor's pixel limits so they take effect on transformers 5.x and 4.57.
-
-    5.x reads ``size={"shortest_edge": min, "longest_edge": max}``; 4.57 also keeps ``min_pixels`` /
-    ``max_pixels`` attributes, which are updated where they exist. A limit left as None keeps its value.
-    """
+    """Set the image processor's pixel limits (:func:`qwenvl.compat.set_image_pixel_limits`: where this
+    transformers reads them). A limit left as None keeps its value."""
     image_processor = _image_processor(processor)
     current = pixel_budget(image_processor)
     new_min = current.min_pixels if min_pixels is None else int(min_pixels)
@@ -240,10 +229,7 @@ def set_pixel_limits(
             f"min_pixels ({new_min}) exceeds max_pixels ({new_max}): small images would be enlarged past the "
             f"budget. Pass a smaller min_pixels (the guide's default is 784) together with max_pixels."
         )
-    image_processor.size = {"shortest_edge": new_min, "longest_edge": new_max}
-    for name, value in (("min_pixels", new_min), ("max_pixels", new_max)):
-        if hasattr(image_processor, name):
-            setattr(image_processor, name, value)
+    set_image_pixel_limits(image_processor, new_min, new_max)
     return pixel_budget(image_processor)
 
 
@@ -278,38 +264,20 @@ def load_processor(
 
 # ---------------------------------------------------------------------------------------- token counts
 def smart_resize(height: int, width: int, budget: PixelBudget) -> tuple[int, int]:
-    """The (height, width) the image processor resizes an image to, computed without touching pixels.
-
-    Sides are rounded to the nearest multiple of ``budget.factor``; if the area then exceeds
-    ``max_pixels`` the image is scaled down (sides floored to the grid, at least one block), if it falls
-    below ``min_pixels`` it is scaled up (sides ceiled to the grid, which can overshoot ``max_pixels``
-    slightly when both limits are close). Same arithmetic as transformers' Qwen2-VL processor.
-    """
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got height={height}, width={width}.")
-    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
-        raise ValueError(
-            f"image {width}x{height} has aspect ratio above {MAX_ASPECT_RATIO}; the Qwen-VL processor refuses it."
-        )
-    factor = budget.factor
-    new_h = round(height / factor) * factor
-    new_w = round(width / factor) * factor
-    if new_h * new_w > budget.max_pixels:
-        scale = math.sqrt((height * width) / budget.max_pixels)
-        new_h = max(factor, math.floor(height / scale / factor) * factor)
-        new_w = max(factor, math.floor(width / scale / factor) * factor)
-    elif new_h * new_w < budget.min_pixels:
-        scale = math.sqrt(budget.min_pixels / (height * width))
-        new_h = math.ceil(height * scale / factor) * factor
-        new_w = math.ceil(width * scale / factor) * factor
-    return new_h, new_w
+    """The (height, width) the image processor resizes an image to under a processor's ``budget``
+    (:func:`qwenvl.flare.pixels.smart_resize`, the arithmetic on the processor's own grid)."""
+    return pixels.smart_resize(height, width, budget.min_pixels, budget.max_pixels, budget.factor)
 
 
-def image_token_count(height: int, width: int, processor: Any) -> int:
+def image_token_count(height: int, width: int, processor: Any, limits: Any = None) -> int:
     """Number of ``<|image_pad|>`` tokens an image of this size becomes (``image_grid_thw.prod() / merge**2``).
 
-    ``processor`` is a processor, an image processor or a :class:`PixelBudget`.
+    ``processor`` is a processor, an image processor or a :class:`PixelBudget`; ``limits`` (anything with
+    ``min_pixels`` / ``max_pixels``, e.g. a :class:`qwenvl.flare.pixels.ImageBudget`) replaces its pixel limits,
+    as a processor call with ``size=limits.processor_size()`` does.
     """
     budget = processor if isinstance(processor, PixelBudget) else pixel_budget(processor)
+    if limits is not None:
+        budget = replace(budget, min_pixels=int(limits.min_pixels), max_pixels=int(limits.max_pixels))
     new_h, new_w = smart_resize(height, width, budget)
     return (new_h // budget.factor) * (new_w // budget.factor)

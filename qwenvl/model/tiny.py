@@ -93,7 +93,7 @@ ADDITIONAL_SPECIAL_TOKENS: tuple[str, ...] = tuple(
     t.content for t in QWEN_ADDED_TOKENS if t.special and t.content != "<|endoftext|>"
 )
 
-# Tiny architecture: a random config that works on transformers 4.57 and 5.x.
+# Tiny architecture: a random config of the real one's shape, scaled down.
 TINY_TEXT_CONFIG: dict[str, Any] = {
     "vocab_size": QWEN_MODEL_VOCAB_SIZE,
     "hidden_size": 64,
@@ -156,10 +156,6 @@ GENERATION_SETTINGS: dict[str, Any] = {
     "temperature": 0.7,
     "repetition_penalty": 1.0,
 }
-
-
-def _is_transformers_5() -> bool:
-    return int(transformers.__version__.split(".")[0]) >= 5
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -297,7 +293,6 @@ def chat_template() -> str:
 
 def build_qwen_tokenizer() -> transformers.PreTrainedTokenizerBase:
     """The transformers tokenizer (Qwen2Tokenizer class) around :func:`build_qwen_backend_tokenizer`."""
-    cls = transformers.Qwen2Tokenizer if _is_transformers_5() else transformers.Qwen2TokenizerFast
     kwargs: dict[str, Any] = {
         "tokenizer_object": build_qwen_backend_tokenizer(),
         "unk_token": None,
@@ -310,19 +305,15 @@ def build_qwen_tokenizer() -> transformers.PreTrainedTokenizerBase:
         "add_prefix_space": False,
         "errors": "replace",
         "chat_template": chat_template(),
+        "extra_special_tokens": list(ADDITIONAL_SPECIAL_TOKENS),
     }
-    special_key = "extra_special_tokens" if _is_transformers_5() else "additional_special_tokens"
-    kwargs[special_key] = list(ADDITIONAL_SPECIAL_TOKENS)
-    return cls(**kwargs)
+    return transformers.Qwen2Tokenizer(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------- processor
 def build_processor(tokenizer: transformers.PreTrainedTokenizerBase) -> transformers.ProcessorMixin:
     """Qwen3VLProcessor with Qwen3-VL-4B-Instruct's image and video processor settings."""
-    image_cls = (
-        transformers.Qwen2VLImageProcessor if _is_transformers_5() else transformers.Qwen2VLImageProcessorFast
-    )
-    image_processor = image_cls(**IMAGE_PROCESSOR_SETTINGS)
+    image_processor = transformers.Qwen2VLImageProcessor(**IMAGE_PROCESSOR_SETTINGS)
     video_processor = transformers.Qwen3VLVideoProcessor(**VIDEO_PROCESSOR_SETTINGS)
     return transformers.Qwen3VLProcessor(
         image_processor=image_processor,
@@ -333,10 +324,28 @@ def build_processor(tokenizer: transformers.PreTrainedTokenizerBase) -> transfor
 
 
 # ----------------------------------------------------------------------------------------------- model
-def tiny_config() -> transformers.Qwen3VLConfig:
-    """The tiny Qwen3-VL configuration, with the real model's special-token ids."""
+TINY_HEAD_DIM = TINY_TEXT_CONFIG["head_dim"]
+VLLM_CPU_HEAD_DIM = 32  # vLLM's CPU attention kernels need heads of at least 32 dimensions
+
+
+def tiny_text_config(head_dim: int = TINY_HEAD_DIM) -> dict[str, Any]:
+    """The tiny text configuration with attention heads of ``head_dim`` dimensions (a multiple of 16; the
+    default 16, or 32 for vLLM's CPU build), its mRoPE section scaled to sum to ``head_dim / 2``."""
+    if head_dim < 16 or head_dim % 16:
+        raise ValueError(f"head_dim must be a positive multiple of 16, got {head_dim}")
+    k = head_dim // TINY_HEAD_DIM
+    config = dict(TINY_TEXT_CONFIG)
+    config["head_dim"] = head_dim
+    rope = config["rope_scaling"]
+    config["rope_scaling"] = {**rope, "mrope_section": [k * n for n in rope["mrope_section"]]}
+    return config
+
+
+def tiny_config(head_dim: int = TINY_HEAD_DIM) -> transformers.Qwen3VLConfig:
+    """The tiny Qwen3-VL configuration, with the real model's special-token ids (``head_dim``: see
+    :func:`tiny_text_config`)."""
     return transformers.Qwen3VLConfig(
-        text_config=dict(TINY_TEXT_CONFIG),
+        text_config=tiny_text_config(head_dim),
         vision_config=dict(TINY_VISION_CONFIG),
         image_token_id=TOKEN_IDS["<|image_pad|>"],
         video_token_id=TOKEN_IDS["<|video_pad|>"],
@@ -367,17 +376,18 @@ def _check_token_ids(
         )
 
 
-def build_tiny_model(output_dir: str | Path, seed: int = 0) -> Path:
+def build_tiny_model(output_dir: str | Path, seed: int = 0, head_dim: int = TINY_HEAD_DIM) -> Path:
     """Build the tiny random Qwen3-VL and save a complete model folder to ``output_dir``; return the folder.
 
     Offline and deterministic for a given ``seed`` (same weights, same files). The folder holds
     ``model.safetensors``, ``config.json``, ``generation_config.json``, the tokenizer files, the processor /
-    image-processor / video-processor configs and the chat template.
+    image-processor / video-processor configs and the chat template. ``head_dim``: the text attention heads'
+    width (16; :data:`VLLM_CPU_HEAD_DIM` for a model vLLM's CPU build runs).
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_qwen_tokenizer()
-    config = tiny_config()
+    config = tiny_config(head_dim)
     _check_token_ids(config, tokenizer)
 
     with torch.random.fork_rng(devices=[]):  # seed the weights without disturbing the caller's RNG
@@ -416,7 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output_dir", type=Path, required=True, help="Folder to write the model into.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default 0).")
+    parser.add_argument(
+        "--head_dim",
+        type=int,
+        default=TINY_HEAD_DIM,
+        help=f"Width of the text attention heads (default {TINY_HEAD_DIM}; {VLLM_CPU_HEAD_DIM} for vLLM's CPU build).",
+    )
     args = parser.parse_args(argv)
-    out = build_tiny_model(args.output_dir, seed=args.seed)
+    out = build_tiny_model(args.output_dir, seed=args.seed, head_dim=args.head_dim)
     print(f"Tiny Qwen3-VL written to {out}")
     return 0
