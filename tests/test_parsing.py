@@ -6,8 +6,8 @@ import pytest
 
 from qwenvl.flare.boxes import boxes_to_grid, boxes_to_pixels
 from qwenvl.flare.parsing import parse_boxes, parse_instances, parse_number, parse_options
-from qwenvl.flare.tasks import parse_answer
-from qwenvl.flare.tasks.classification import normalize_classification_gt, parse_classification
+from qwenvl.flare.tasks import parse_answer, task_for
+from qwenvl.flare.tasks.classification import parse_classification
 from qwenvl.flare.tasks.multi_label import parse_multilabel
 from qwenvl.flare.tasks.report_generation import parse_report
 
@@ -101,10 +101,12 @@ def test_ambiguous_option_text_is_unparsable():
     assert parse_classification("Yes or no, hard to say", options) is None
 
 
-def test_ground_truth_classification_normalisation():
-    assert normalize_classification_gt(" b ") == "B"
-    assert normalize_classification_gt("A B") == "A B"  # known noisy label stays its own class
-    assert normalize_classification_gt("T") == "T"
+def test_ground_truth_classification_is_the_challenges_normalised_string():
+    task = task_for("classification")
+    assert task.parse_reference(" B ", BM_QUESTION) == "b"
+    assert task.parse_reference("A B", BM_QUESTION) == "a b"  # known noisy label stays its own class
+    assert task.parse_reference("T") == "t"
+    assert task.parse_reference("Myelofibrosis", BM_QUESTION) == "myelofibrosis"  # a text stays a text
 
 
 # ----------------------------------------------------------------------------------------------- multi-label

@@ -28,6 +28,7 @@ from qwenvl.flare.tasks import (
     TASKS,
     task_for,
 )
+from qwenvl.flare.vocabulary import LETTERS, LOWER, TEXTS, AnswerVocabulary
 
 Q_CLS = "Which class? A. normal B. benign C. malignant"
 Q_ML = "Which findings? A. Nodule B. Effusion C. Mass"
@@ -38,8 +39,8 @@ PRED_BOXES = "[[0, 0, 100, 60], [200, 200, 300, 230]]"
 
 # Per task type: (question, reference, a right answer, an unparsable answer).
 CASES = {
-    CLASSIFICATION: (Q_CLS, "B", "The answer is (B).", "I am not sure"),
-    MULTI_LABEL: (Q_ML, "Nodule, Effusion", "A; B", ""),
+    CLASSIFICATION: (Q_CLS, "B", "b", "I am not sure"),
+    MULTI_LABEL: (Q_ML, "Nodule, Effusion", "effusion;nodule", ""),
     DETECTION: (None, REF_BOXES, REF_BOXES, "no boxes here"),
     INSTANCE_DETECTION: (None, '{"1": [[0, 0, 100, 100]]}', '{"1": [[0, 0, 100, 100]]}', "none"),
     COUNTING: (None, "7", "7", "many"),
@@ -72,11 +73,34 @@ def test_a_right_answer_earns_1_and_an_unparsable_one_0_on_both_rewards(task_typ
 def test_classification_is_1_or_0_on_the_offered_letter():
     assert answer_reward(CLASSIFICATION, "C", "B", Q_CLS) == 0.0  # a wrong letter
     assert answer_reward(CLASSIFICATION, "b", "B", Q_CLS) == 1.0
-    assert answer_reward(CLASSIFICATION, "benign", "B", Q_CLS) == 1.0  # the option's text
+    # The option's text or a sentence: the toolkit writes the letter, which the challenge scores 1, but the
+    # completion is not written in the dataset's form.
+    for text in ("benign", "The answer is (B)."):
+        assert answer_reward(CLASSIFICATION, text, "B", Q_CLS) == 1.0
+        assert format_reward(CLASSIFICATION, text, Q_CLS) == 0.0
     # "D" is the reference but the question offers A-C only: not an answer to this question.
     assert answer_reward(CLASSIFICATION, "D", "D", Q_CLS) == 0.0
-    assert format_reward(CLASSIFICATION, "D", Q_CLS) == 1.0  # it parses; the answer reward judges it
+    assert format_reward(CLASSIFICATION, "D", Q_CLS) == 0.0
     assert answer_reward(CLASSIFICATION, "D", "D") == 1.0  # without options nothing rules it out
+    assert format_reward(CLASSIFICATION, "D") == 1.0
+
+
+def test_option_rewards_follow_the_datasets_vocabulary():
+    texts = AnswerVocabulary(kind=TEXTS, separator="; ", case=LOWER)
+    letters = AnswerVocabulary(kind=LETTERS, separator=", ")
+    # A dataset answering in texts: a completion in letters is written as texts, so it scores, but its form
+    # is not the dataset's; the reverse for a letter dataset.
+    assert answer_reward(MULTI_LABEL, "A, B", "nodule; effusion", Q_ML, vocabulary=texts) == 1.0
+    assert format_reward(MULTI_LABEL, "A, B", Q_ML, texts) == 0.0
+    assert format_reward(MULTI_LABEL, "Effusion, Nodule", Q_ML, texts) == 1.0
+    assert answer_reward(MULTI_LABEL, "Nodule; Effusion", "A, B", Q_ML, vocabulary=letters) == 1.0
+    assert format_reward(MULTI_LABEL, "B, A", Q_ML, letters) == 1.0
+    # The dataset's vocabulary is what the toolkit writes in: a reference in the other one scores 0, as the
+    # challenge would score the written answer.
+    assert answer_reward(MULTI_LABEL, "A, B", "Nodule, Effusion", Q_ML, vocabulary=letters) == 0.0
+    cls_texts = AnswerVocabulary(kind=TEXTS, case=LOWER)
+    assert answer_reward(CLASSIFICATION, "B", "benign", Q_CLS, vocabulary=cls_texts) == 1.0
+    assert answer_reward(CLASSIFICATION, "benign", "B", Q_CLS, vocabulary=cls_texts) == 0.0
 
 
 def test_classification_group_mean_is_the_accuracy():
@@ -90,7 +114,8 @@ def test_classification_group_mean_is_the_accuracy():
 
 def test_multi_label_is_the_f1_of_the_label_sets():
     assert answer_reward(MULTI_LABEL, "a, b", "b, c") == pytest.approx(0.5)  # TP 1, FP 1, FN 1
-    assert answer_reward(MULTI_LABEL, "B, C", "Nodule, Effusion", Q_ML) == pytest.approx(0.5)  # letters
+    # letters, written as the reference's texts: {effusion, mass} against {nodule, effusion}
+    assert answer_reward(MULTI_LABEL, "B, C", "Nodule, Effusion", Q_ML) == pytest.approx(0.5)
     assert answer_reward(MULTI_LABEL, "a", "a, b, c") == pytest.approx(2 / 4)  # TP 1, FN 2
     assert answer_reward(MULTI_LABEL, "d", "a, b") == 0.0
 

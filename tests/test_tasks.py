@@ -82,7 +82,7 @@ def test_a_raw_answer_that_cannot_be_read_raises(task, raw):
     "task, text, value, answer",
     [
         ("classification", "The answer is (c).", "C", "C"),
-        ("multi-label classification", "A, C", {"none", "severe"}, "A, C"),
+        ("multi-label classification", "A, C", {"none", "severe"}, "none, severe"),  # the default: texts
         ("detection", "[[50, 200, 150, 400]]<|im_end|>", [[50.0, 200.0, 150.0, 400.0]], "[[10, 20, 30, 40]]"),
         ("instance_detection", '{"7": [[0, 0, 500, 1000]]}', {"7": [[0.0, 0.0, 500.0, 1000.0]]}, '{"7": [[0, 0, 100, 100]]}'),
         ("counting", "I count 14 cells", 14.0, 14),
@@ -105,7 +105,7 @@ def test_unparsable_answers_are_none():
 
 
 def test_reference_answers_keep_noisy_classification_labels_as_their_own_class():
-    assert task_for("classification").parse_reference("A B", Q) == "A B"
+    assert task_for("classification").parse_reference("A B", Q) == "a b"
     assert task_for("classification").parse("A B", Q) is None  # two letters: no single answer
 
 

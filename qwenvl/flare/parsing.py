@@ -51,6 +51,48 @@ def collapse(text: str) -> str:
 # the text or follow whitespace or one of , ; ( [.
 _OPTION_MARKER_RE = re.compile(r"(?:^|(?<=[\s,;(\[]))\(?([A-Z])\s?[.:)]")
 
+# Words after which a full stop does not end a sentence ("benign vs. malignant", "e.g. a cyst").
+ABBREVIATIONS = frozenset({"vs", "e.g", "i.e", "etc", "cf", "approx", "incl", "esp", "viz", "resp"})
+# What a sentence or clause that follows the options starts with: an instruction to the reader.
+_INSTRUCTION_WORDS = (
+    "answer|separate|list|select|choose|pick|respond|reply|give|provide|output|return|write|use|only|"
+    "please|if|more than|multiple|one or more|all that|note|do not|don't|there (?:is|are|may|can)"
+)
+_INSTRUCTION_RE = re.compile(rf"(?i:{_INSTRUCTION_WORDS})\b")
+# An instruction that starts a sentence without a full stop before it ("C: Mass Answer with the letter."): a
+# capitalised verb and the word a request goes on with.
+_BARE_INSTRUCTION_RE = re.compile(
+    r"\s(?=(?:Answer|Separate|Select|Choose|Pick|Respond|Reply|Give|Provide|Output|Return|Write|List|Please|Use)"
+    r"\s+(?:with|the|all|one|only|your|every|each|letters?|by|a|an|answer|it|them|up|more)\b)"
+)
+_BREAK_RE = re.compile(rf"\n|[.!?](?=\s|$)|[,;:](?=\s)|{_BARE_INSTRUCTION_RE.pattern}")
+
+
+def sentence_end(text: str) -> int:
+    """Where the first sentence or clause of ``text`` ends (an index into ``text``; ``len(text)`` when it
+    runs to the end): at a line break; at a full stop, ``!`` or ``?`` followed by a space, unless the word
+    before it is an abbreviation (:data:`ABBREVIATIONS`: ``vs.``, ``e.g.``) or the next word starts in lower
+    case (``Grade 2. left``), and the stop is never inside a number (``2.5``); or at a ``,`` ``;`` ``:``
+    followed by an instruction (``, separate letters with commas``); or before a capitalised instruction
+    with no stop before it (``Mass Answer with the letter``). After an abbreviation, an instruction still
+    starts a new sentence (``etc. Answer with the letter``)."""
+    for m in _BREAK_RE.finditer(text):
+        mark, rest = m.group(0), text[m.end() :].lstrip(" \t")
+        if mark == "\n" or mark.isspace():  # a line break, or a bare instruction after a space
+            return m.start()
+        instruction = bool(_INSTRUCTION_RE.match(rest))
+        if mark in ",;:":
+            if instruction:
+                return m.start()
+            continue
+        word = re.search(r"([A-Za-z][A-Za-z.]*)$", text[: m.start()])
+        abbreviation = word is not None and word.group(1).lower() in ABBREVIATIONS
+        if abbreviation and (instruction or not rest):
+            return m.end()  # the stop belongs to the abbreviation ("etc.")
+        if not rest or instruction or (not abbreviation and not rest[0].islower()):
+            return m.start()
+    return len(text)
+
 
 def parse_options(question: str | None) -> dict[str, str]:
     """The lettered options of a question, ``{"A": "Normal", "B": "Myelofibrosis"}``; ``{}`` when none.
@@ -58,8 +100,11 @@ def parse_options(question: str | None) -> dict[str, str]:
     Recognised styles: ``Options: A: Normal B: Myelofibrosis``, ``... ? A. No, B. Yes``, ``A) x B) y``,
     ``(A) x (B) y``, one option per line; option texts may span several words. The options are the longest
     run of markers A, B, C, ... in alphabetical order (a lone "A." inside the question does not start a
-    run that beats the real list; on a tie the later run wins, since options close the question). The last
-    option's text ends at the end of its line. Separators (``,`` ``;`` ``.``) after a text are dropped.
+    run that beats the real list; on a tie the later run wins, since options close the question). An
+    option's text runs to the next marker; the last one's ends where its sentence or clause does
+    (:func:`sentence_end`: ``C: Cardiomegaly. Separate letters with commas.`` gives ``Cardiomegaly``, while
+    ``C: Benign vs. malignant`` and ``C: Grade 2.5`` keep their full stops). Separators (``,`` ``;`` ``.``)
+    after a text and a trailing ``or`` are dropped.
     """
     if not isinstance(question, str) or not question:
         return {}
@@ -81,12 +126,21 @@ def parse_options(question: str | None) -> dict[str, str]:
         if j + 1 < len(best):
             text = question[end : best[j + 1][1]]
         else:
-            text = question[end:].split("\n", 1)[0]
-        text = text.strip().rstrip(",;.").strip()
+            rest = question[end:]
+            text = rest[: sentence_end(rest)]
+        text = text.strip().rstrip(",;").strip()
+        if text.endswith(".") and not _ends_with_abbreviation(text):
+            text = text[:-1].rstrip(",; ")
         if text.casefold().endswith(" or"):
             text = text[:-3].rstrip(",; ")
         options[letter] = " ".join(text.split())
     return options
+
+
+def _ends_with_abbreviation(text: str) -> bool:
+    """Whether ``text``'s final full stop belongs to an abbreviation (``etc.``, ``vs.``)."""
+    word = re.search(r"([A-Za-z][A-Za-z.]*)\.$", text)
+    return word is not None and word.group(1).lower() in ABBREVIATIONS
 
 
 # ---------------------------------------------------------------------------------------------------------

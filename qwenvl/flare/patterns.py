@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from qwenvl.flare.schema import BOX_QWEN1000
+from qwenvl.flare.vocabulary import AnswerVocabulary
 
 _META = set("\\.^$|?*+()[]{}")
 
@@ -43,6 +44,7 @@ class AnswerHints:
     max_decimals: int = 0  # most digits after the decimal point of a number in an answer
     box_format: str = BOX_QWEN1000  # how the dataset's boxes are written (qwen1000 grid or pixel)
     n_answers: int = 0  # training answers these hints were read from
+    vocabulary: AnswerVocabulary | None = None  # option tasks: the vocabulary answers are written in
 
 
 NO_HINTS = AnswerHints()

@@ -5,7 +5,8 @@ Each completion earns two rewards, logged under :data:`REWARD_NAMES`:
 - ``answer``: :func:`answer_reward`, the challenge's own metric applied to the one sample
   (:meth:`qwenvl.flare.tasks.TaskType.reward`; each task type's :attr:`~qwenvl.flare.tasks.TaskType.reward_note`
   says what it is, :func:`reward_notes` lists them);
-- ``format``: :func:`format_reward`, 1.0 when the completion parses as an answer of its task type.
+- ``format``: :func:`format_reward`, 1.0 when the completion is an answer of its task type in its dataset's
+  form (an option task's in the dataset's answer vocabulary, :mod:`qwenvl.flare.vocabulary`).
 
 Completions and references are both in training-target form (boxes on the 0-1000 grid), so IoU is computed
 on the grid. Box tasks take an IoU threshold; :func:`iou_threshold_at` schedules it from loose to strict over
@@ -13,7 +14,7 @@ training, because a fixed 0.5 gives whole groups of zero reward early on, and GR
 whose rewards are all equal. Everything here is plain Python (no torch); definitions are in docs/metrics.md.
 
     answer_reward("detection", "[[100, 100, 200, 200]]", "[[110, 100, 210, 200]]")   # 1.0 (IoU 0.82)
-    format_reward("classification", "The answer is B.", "Which? A. x B. y")           # 1.0
+    format_reward("classification", "B", "Which? A. x B. y")                          # 1.0 (a letter)
     iou_threshold_at(0.5)                                                               # 0.3
 """
 
@@ -22,9 +23,10 @@ from __future__ import annotations
 import math
 
 from qwenvl.flare.tasks import TASKS, task_for
+from qwenvl.flare.vocabulary import AnswerVocabulary
 
 ANSWER = "answer"  # the challenge's metric on one sample
-FORMAT = "format"  # the completion parses for its task type
+FORMAT = "format"  # the completion is an answer in its dataset's form
 REWARD_NAMES: tuple[str, ...] = (ANSWER, FORMAT)
 
 IOU_START = 0.1  # the IoU threshold at the start of training (loose: a roughly placed box counts)
@@ -38,10 +40,15 @@ def answer_reward(
     question: str | None = None,
     *,
     iou_threshold: float = 0.5,
+    vocabulary: AnswerVocabulary | None = None,
 ) -> float:
     """The reward in [0, 1] of one model ``completion`` against the record's ``reference`` answer (its
-    training target), both read with ``task_type``'s parsers; ``question`` supplies the options of option
-    tasks. An unparsable completion scores 0.0; an unparsable reference is a broken record: ``ValueError``."""
+    training target); ``question`` supplies the options of option tasks. The completion is read as the
+    toolkit reads a model answer, written as a challenge answer would be (an option task's in ``vocabulary``,
+    its dataset's; default: the vocabulary the reference itself is written in) and compared with the
+    reference the challenge's way (:meth:`~qwenvl.flare.tasks.TaskType.answer_value`), so the reward is what
+    the challenge would score. An unparsable completion scores 0.0; an unparsable reference is a broken
+    record: ``ValueError``."""
     task = task_for(task_type)
     ref = task.parse_reference(reference, question)
     if ref is None:
@@ -49,20 +56,34 @@ def answer_reward(
             f"the reference answer {reference!r} does not parse as a {task.name} answer: the record's "
             "answer is no valid training target (check the converted file with the data check)"
         )
-    reward = task.reward(task.parse(completion, question), ref, question, iou_threshold=iou_threshold)
+    if task.has_vocabulary and vocabulary is None:
+        vocabulary = task.reference_vocabulary(reference, question)
+    value = task.answer_value(completion, question, vocabulary)
+    reward = task.reward(value, ref, question, iou_threshold=iou_threshold)
     if not 0.0 <= reward <= 1.0:  # a task type's reward out of range is a bug in the task table
         raise AssertionError(f"{task.name} reward {reward} is outside [0, 1]")
     return reward
 
 
-def format_reward(task_type: str, completion: str, question: str | None = None) -> float:
-    """1.0 when ``completion`` parses as an answer of ``task_type`` (:meth:`~qwenvl.flare.tasks.TaskType.parse`:
-    a letter, a label set, a box list, an id -> boxes map, a number, a non-empty report), else 0.0.
+def format_reward(
+    task_type: str,
+    completion: str,
+    question: str | None = None,
+    vocabulary: AnswerVocabulary | None = None,
+) -> float:
+    """1.0 when ``completion`` is an answer of ``task_type`` in the form its dataset writes, else 0.0: for an
+    option task, written in ``vocabulary`` (the dataset's; default: the question's rule) with options the
+    question offers (``B, C`` where the dataset answers in letters, not ``Effusion, Cardiomegaly``); for the
+    others, it parses (:meth:`~qwenvl.flare.tasks.TaskType.parse`: a box list, an id -> boxes map, a number, a
+    non-empty report).
 
-    Parsing, not the task's decoding pattern (``answer_pattern``): the pattern needs the dataset's training
-    hints (label order, separator, letters or label names), and without them it rejects answers the training
-    targets themselves use; the parsers accept every training form."""
-    return 0.0 if task_for(task_type).parse(completion, question) is None else 1.0
+    Not the task's decoding pattern (``answer_pattern``): the pattern also needs the dataset's training hints
+    (label order) and without them rejects answers the training targets themselves use."""
+    task = task_for(task_type)
+    if task.has_vocabulary:
+        vocabulary = vocabulary or task.vocabulary_of(None, question)
+        return 1.0 if task.in_vocabulary(completion, question, vocabulary) else 0.0
+    return 0.0 if task.parse(completion, question) is None else 1.0
 
 
 def iou_threshold_at(progress: float, start: float = IOU_START, end: float = IOU_END) -> float:

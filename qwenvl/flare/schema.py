@@ -86,6 +86,42 @@ def images_of(record: dict) -> list[str]:
     return [img] if isinstance(img, str) else list(img)
 
 
+def raw_folder_of(record: dict) -> str:
+    """The raw folder a converted record came from, as reports name it: ``validation-public``,
+    ``validation-hidden _withGT`` (the organisers' labelled copies), ``training``...; ``unknown folder``
+    for records converted before ``meta.source_split_folder`` existed."""
+    meta = record.get("meta") or {}
+    folder = str(meta.get("source_split_folder") or "unknown folder")
+    return f"{folder} _withGT" if folder == "validation-hidden" and meta.get("has_answer") else folder
+
+
+def describe_records(records: list[dict]) -> dict[str, Any]:
+    """What a list of converted records is, for logs and reports: ``{"n", "splits": {split: n}, "folders":
+    {raw folder: n}, "datasets": {dataset: n}, "text"}``, ``text`` one line such as ``96 converted records of
+    split val (validation-public 90, validation-hidden _withGT 6), 4 datasets`` (records without ``meta``, a
+    custom JSON file's: ``12 records, 1 dataset``)."""
+    splits: dict[str, int] = {}
+    folders: dict[str, int] = {}
+    datasets: dict[str, int] = {}
+
+    def count(counts: dict[str, int], key: str) -> None:
+        counts[key] = counts.get(key, 0) + 1
+
+    n_meta = 0
+    for record in records:
+        meta = record.get("meta") or {}
+        n_meta += bool(meta)
+        count(datasets, str(meta.get("dataset") or (record.get("_source") or {}).get("dataset") or "unknown"))
+        count(splits, str(meta.get("split") or "unknown"))
+        count(folders, raw_folder_of(record))
+    text = f"{len(records)} {'converted records' if n_meta == len(records) else 'records'}"
+    if n_meta:
+        where = ", ".join(f"{folder} {n}" for folder, n in folders.items())
+        text += f" of split {', '.join(splits)} ({where})"
+    text += f", {len(datasets)} dataset{'s' if len(datasets) != 1 else ''}"
+    return {"n": len(records), "splits": splits, "folders": folders, "datasets": datasets, "text": text}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The structure of a converted record: one validator for conversion, the data check and the training code
 # ----------------------------------------------------------------------------------------------------------

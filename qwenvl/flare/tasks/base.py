@@ -75,6 +75,25 @@ class TaskType:
         """The normalised value of a ground-truth answer (by default read like a model answer)."""
         return self.parse(answer, question)
 
+    def read_answer(self, answer: object, question: str | None = None) -> Any:
+        """The value a challenge ``Answer`` is scored on, as the organisers read it (``None`` = nothing to
+        score). Default: :meth:`parse` (numbers, boxes, reports); option tasks compare text as the challenge
+        does (:class:`~qwenvl.flare.tasks.options.OptionTask`)."""
+        return self.parse(answer, question)
+
+    # ----------------------------------------------------------------------- the answer vocabulary
+    has_vocabulary: ClassVar[bool] = False  # answers name offered options in a dataset's vocabulary
+
+    def learn_vocabulary(self, targets: Sequence[str], questions: Sequence[str | None] = ()) -> Any:
+        """The :class:`~qwenvl.flare.vocabulary.AnswerVocabulary` of one dataset's labelled answers (option
+        tasks); ``None`` for the other task types, whose answers have one form."""
+        return None
+
+    def answer_value(self, text: str, question: str | None, vocabulary: Any = None) -> Any:
+        """The challenge's reading of the answer the toolkit writes for model ``text``: what a reward compares
+        with the reference (``None`` = unparsable). Default: :meth:`parse`."""
+        return self.parse(text, question)
+
     # -------------------------------------------------------------------------- the decoding constraint
     def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:
         """What the training targets ``targets`` (converted answers of one dataset) and their ``questions``
@@ -93,6 +112,13 @@ class TaskType:
         (:func:`qwenvl.flare.patterns.longest_match_bytes`), and no answer is cut at the budget."""
         return None
 
+    # --------------------------------------------------------------------------- class-balanced drawing
+    def balance_classes(self, targets: Sequence[str]) -> list[str | None]:
+        """The class each of one dataset's training targets is balanced by when the dataset is drawn
+        ``+balanced`` (:mod:`qwenvl.data.mixture`), ``None`` for a target without one. Default: no classes (a
+        task whose metric does not weigh classes equally)."""
+        return [None] * len(targets)
+
     # ------------------------------------------------------------------------ the constant-answer baseline
     def constant_answer(self, targets: Sequence[str]) -> str | None:
         """The one answer, in training-target form, that scores best when given to every record of a
@@ -110,11 +136,11 @@ class TaskType:
         ``text`` on the converted record whose ``meta`` is given. Default: the model's own wording."""
         return clean_text(text)
 
-    def fallback_answer(self, question: str | None) -> Any:
+    def fallback_answer(self, question: str | None, vocabulary: Any = None) -> Any:
         """A well-formed challenge ``Answer`` (one :meth:`parse` reads) for when the model gave none that
         parses, or could not see the image: the organisers' scorer must read every answer (one non-number
         makes a task's MAE infinite). Default: the first option letter the question offers, else a neutral
-        sentence (a label set, a report)."""
+        sentence (a report); option tasks write the first option in ``vocabulary``."""
         options = parse_options(question)
         return next(iter(options)) if options else FALLBACK_TEXT
 
@@ -154,7 +180,7 @@ class NumericTask(TaskType):
     def challenge_answer(self, value: Any, text: str, meta: dict) -> Any:
         return tidy_number(value)
 
-    def fallback_answer(self, question: str | None) -> Any:
+    def fallback_answer(self, question: str | None, vocabulary: Any = None) -> Any:
         return 0
 
     def answer_hints(self, targets: Sequence[str], questions: Sequence[str] = ()) -> AnswerHints:

@@ -44,7 +44,7 @@ class Detection(BoxTask):
     def parse(self, answer: object, question: str | None = None) -> list | None:
         return parse_boxes(answer)
 
-    def fallback_answer(self, question: str | None) -> Any:
+    def fallback_answer(self, question: str | None, vocabulary: Any = None) -> Any:
         return "[]"  # no box: costs recall, never a parse failure
 
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:

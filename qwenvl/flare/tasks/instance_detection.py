@@ -95,7 +95,7 @@ class InstanceDetection(BoxTask):
     def parse(self, answer: object, question: str | None = None) -> dict | None:
         return parse_instances(answer)
 
-    def fallback_answer(self, question: str | None) -> Any:
+    def fallback_answer(self, question: str | None, vocabulary: Any = None) -> Any:
         return "{}"  # no instance: costs recall, never a parse failure
 
     def metrics(self, gts: Sequence[Any], preds: Sequence[Any], green=None) -> dict[str, Any]:
