@@ -24,12 +24,14 @@ from qwenvl.eval.evaluate import (
 )
 from qwenvl.eval.generate import (
     BatchGenerator,
+    PixelPlan,
     build_prompt,
     load_for_generation,
-    resolve_pixel_limits,
+    resolve_pixel_plan,
 )
 from qwenvl.eval.infer import format_result, infer_with
 from qwenvl.eval.scoring import score_records
+from qwenvl.flare.pixels import BudgetPlan, ImageBudget, build_plan
 from qwenvl.flare.tasks import TASK_TYPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,24 +77,45 @@ def test_prompt_is_the_training_text_before_the_answer(demo_converted, tiny_gene
     assert prompt.count("<|image_pad|>") == 3  # the three neojaundice views, in order
 
 
-def test_pixel_limits_come_from_the_checkpoint_run_info(tiny_dir, tmp_path):
+def test_image_budgets_come_from_the_checkpoint_run_info(tiny_dir, tmp_path):
     ckpt = tmp_path / "checkpoint-5"
     ckpt.mkdir()
     for f in tiny_dir.iterdir():
         (ckpt / f.name).symlink_to(f)
-    run_info = {"arguments": {"data": {"min_pixels": 2048, "max_pixels": 8192}}}
-    (ckpt / "run_info.json").write_text(json.dumps(run_info))
-
-    assert resolve_pixel_limits(tiny_dir) == resolve_pixel_limits(tiny_dir, None, None)
-    assert resolve_pixel_limits(tiny_dir).source == "processor"
-    limits = resolve_pixel_limits(ckpt)
-    assert (limits.min_pixels, limits.max_pixels, limits.source) == (2048, 8192, "run_info.json")
-    limits = resolve_pixel_limits(ckpt, max_pixels=50176)
-    assert (limits.min_pixels, limits.max_pixels, limits.source) == (2048, 50176, "argument+run_info.json")
+    # A checkpoint written before per-dataset budgets: its one pair of limits, for every record.
+    (ckpt / "run_info.json").write_text(
+        json.dumps({"arguments": {"data": {"min_pixels": 2048, "max_pixels": 8192}}})
+    )
+    assert resolve_pixel_plan(tiny_dir) == PixelPlan(None, "processor")
+    pixels = resolve_pixel_plan(ckpt)
+    assert pixels.source == "run_info.json" and pixels.plan == BudgetPlan.single(ImageBudget(2048, 8192))
+    # --max_pixels alone: one budget for every record, the minimum from the checkpoint's
+    assert resolve_pixel_plan(ckpt, max_pixels=50176) == PixelPlan(
+        BudgetPlan.single(ImageBudget(2048, 50176)), "argument"
+    )
+    with pytest.raises(ValueError, match="min_pixels 4096 is larger than max_pixels 2048"):
+        resolve_pixel_plan(ckpt, min_pixels=4096, max_pixels=2048)
     loaded = load_for_generation(ckpt, device="cpu")
-    assert (loaded.pixel_limits.min_pixels, loaded.pixel_limits.max_pixels) == (2048, 8192)
+    assert loaded.pixel_plan.default == ImageBudget(2048, 8192)
     size = loaded.processor.image_processor.size
     assert (size["shortest_edge"], size["longest_edge"]) == (2048, 8192)
+
+    # A per-dataset checkpoint: each dataset its own budget, the processor holds the global one.
+    plan = build_plan(
+        "per_dataset", ImageBudget(1024, 4096), ["flare_chromosome"], {"flare_retino": (None, 2)}
+    )
+    (ckpt / "run_info.json").write_text(json.dumps({"pixel_budgets": plan.as_record()}))
+    loaded = load_for_generation(ckpt, device="cpu")
+    assert loaded.pixel_plan == plan and loaded.pixels.source == "run_info.json"
+    assert loaded.pixel_plan.for_record({"meta": {"dataset": "retino"}}) == ImageBudget(1024, 2048)
+    assert loaded.pixel_plan.for_record({"meta": {"dataset": "endo"}}) == ImageBudget(1024, 4096)
+    assert loaded.processor.image_processor.size["longest_edge"] == 4096
+    summary = loaded.pixels.summary([{"meta": {"dataset": "retino"}}, {"meta": {"dataset": "endo"}}])
+    assert summary["policy"] == "per_dataset" and summary["source"] == "run_info.json"
+    assert summary["datasets"] == {
+        "retino": {"min_pixels": 1024, "max_pixels": 2048, "max_tokens": 2, "source": "override"},
+        "endo": {"min_pixels": 1024, "max_pixels": 4096, "max_tokens": 4, "source": "global"},
+    }
 
 
 def test_dataset_names_resolve_to_the_split(registry_at, demo_converted):
@@ -198,18 +221,34 @@ def test_untrained_model_on_demo_val_writes_one_prediction_per_record(
     assert len(lines) == 48 and all(json.loads(line)["n_new_tokens"] == 4 for line in lines)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["by_task"]) == set(TASK_TYPES)
-    assert metrics["n_gt"] == 48 and metrics["n_missing_predictions"] == 0
+    # The headline: the 42 validation-public records (chestdr's _withGT copy is not the organisers'); every
+    # record of the 12 datasets not evaluated is left out for want of a prediction. The converted split
+    # as evaluated, all 48, is the extra record set.
+    assert metrics["record_set"]["rules"] == "organisers"
+    assert metrics["n_gt"] == 42 and metrics["n_missing_predictions"] == 12 * 6
+    assert len(metrics["record_set"]["datasets_without_predictions"]) == 12
+    assert metrics["extra"]["n_gt"] == 48 and metrics["extra"]["n_missing_predictions"] == 0
+    assert metrics["extra"]["record_set"]["sources"] == {
+        "validation-public": 42,
+        "validation-hidden _withGT": 6,
+    }
     assert {"retino", "BUSI-det", "chestdr/classification", "chestdr/multi-label classification"} <= set(
         metrics["by_dataset"]
     )
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["pixel_limits"] == {"min_pixels": 1024, "max_pixels": 16384, "source": "argument"}
+    assert summary["pixel_budgets"]["source"] == "argument" and summary["pixel_budgets"]["global"] == {
+        "min_pixels": 1024,
+        "max_pixels": 16384,
+        "max_tokens": 16,
+    }
     assert summary["decoding"] == "free" and summary["n_new_tokens"] == 48 * 4
     assert set(summary["max_new_tokens"].values()) == {4}
-    assert summary["n_unparsable"] == sum(g["n_unparsable"] for g in metrics["by_task"].values())
+    assert summary["n_unparsable"] == sum(g["n_unparsable"] for g in metrics["extra"]["by_task"].values())
     assert metrics["evaluation"]["n_records"] == 48
     assert (out / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## FLARE25 scores" in (out / "metrics.md").read_text()
+    text = (out / "metrics.md").read_text()
+    assert text.index("## Headline: FLARE25 scores on the organisers' record set") < text.index("| ")
+    assert "## Extra: FLARE25 scores on the converted val split as evaluated" in text
 
 
 def test_unlabelled_split_writes_predictions_only(registry_at, demo_converted, tiny_dir, tmp_path, capsys):
@@ -290,7 +329,13 @@ def test_ground_truth_answers_score_perfectly_on_every_task(registry_at, demo_co
     assert (t["detection"]["f1"], t["instance_detection"]["f1"]) == (1.0, 1.0)
     assert (t["counting"]["mae"], t["regression"]["mae"]) == (0.0, 0.0)
     assert t["report_generation"]["rougeL"] == pytest.approx(1.0)
-    assert metrics["n_gt"] == len(records) == 120 and metrics["evaluation"]["n_unparsable"] == 0
+    assert metrics["evaluation"]["n_unparsable"] == 0
+    # the headline: the 114 validation-public records (each with its own answer); the extra record set adds
+    # chestdr's 6 _withGT records, whose keys repeat validation-public ones (the demo tree numbers each
+    # split's images from 0): the headline does not take their answers
+    assert (metrics["n_gt"], metrics["extra"]["n_gt"]) == (114, len(records)) == (114, 120)
+    assert metrics["record_set"]["n_predictions_other_folders_sharing_keys"] == 6
+    assert metrics["extra"]["by_task"]["classification"]["balanced_accuracy"] == 1.0
 
 
 def test_unparsable_answers_are_counted_never_dropped(registry_at, demo_converted, tmp_path):
@@ -361,6 +406,10 @@ def test_compare_table_with_deltas():
     assert compare_markdown(this, other, "finetuned", "base").splitlines() == [
         "## Comparison: finetuned vs base",
         "",
+        "Headline numbers: each run on the organisers' record set (records scored, ground truth without a "
+        "prediction left out): finetuned: no record set named (a metrics file from before headlines); base: "
+        "no record set named (a metrics file from before headlines).",
+        "",
         "| scope | metric | finetuned | base | delta |",
         "|---|---|---|---|---|",
         "| all classification | balanced_accuracy (higher is better) | 0.7500 | 0.5000 | +0.2500 |",
@@ -407,7 +456,12 @@ def test_constant_baseline_and_a_three_way_comparison(registry_at, demo_converte
     result = evaluate_records(records, _echo, tmp_path / "truth", compare_dir=[out, tmp_path / "garbage"])
     table = result.comparison.splitlines()
     assert table[0] == "## Comparison: truth vs constant vs garbage"
-    assert table[2] == "| scope | metric | truth | constant | garbage | delta vs constant |"
+    # each run's headline: the 18 records of the three datasets; the other 96 validation-public records of
+    # the demo tree are left out for want of a prediction
+    assert table[2].endswith(
+        ": truth 18 scored, 96 left out; constant 18 scored, 96 left out; garbage 18 scored, 96 left out."
+    )
+    assert table[4] == "| scope | metric | truth | constant | garbage | delta vs constant |"
     constant_mae = json.loads((out / "metrics.json").read_text())["by_dataset"]["boneresorption"]["mae"]
     row = next(r for r in table if r.startswith("| boneresorption |"))
     assert row.split(" | ")[2:4] == ["0.0000", f"{constant_mae:.4f}"] and constant_mae > 0
@@ -585,11 +639,9 @@ def test_demo_trained_model_beats_the_untrained_one(tiny_dir, registry_at, tmp_p
     before = json.loads((tmp_path / "untrained" / "metrics.json").read_text())["by_dataset"]
     prior = json.loads((tmp_path / "constant" / "metrics.json").read_text())["by_dataset"]
     after = json.loads((tmp_path / "trained" / "metrics.json").read_text())
-    assert after["evaluation"]["pixel_limits"] == {
-        "min_pixels": 1024,
-        "max_pixels": 16384,
-        "source": "run_info.json",
-    }
+    pixels = after["evaluation"]["pixel_budgets"]
+    assert (pixels["policy"], pixels["source"]) == ("global", "run_info.json")
+    assert pixels["global"] == {"min_pixels": 1024, "max_pixels": 16384, "max_tokens": 16}
     table = stdout[stdout.index("## Comparison") : stdout.index("\nWrote ", stdout.index("## Comparison"))]
     with capsys.disabled():
         print("\n" + table)

@@ -139,10 +139,10 @@ def test_evaluation_writes_a_self_contained_report_with_values_counts_and_sample
         ["4", "0.5000", "0.5000", "1", "0"],  # recalls A 1/1, B 1/2, C 0/1
     ]
     assert derm[1] == [  # the confusion matrix: truth x prediction
-        ["truth \\ predicted", "A", "B", "C", "unparsable", "total"],
-        ["A", "1", "", "", "", "1"],
-        ["B", "1", "1", "", "", "2"],
-        ["C", "", "", "", "1", "1"],
+        ["truth \\ predicted", "a", "b", "c", "unparsable", "total"],  # the challenge's normalised strings
+        ["a", "1", "", "", "", "1"],
+        ["b", "1", "1", "", "", "2"],
+        ["c", "", "", "", "1", "1"],
     ]
     assert lesions[0][1][:7] == ["2", "0.5000", "0.5000", "0.5000", "1", "1", "1"]  # n f1 p r tp fp fn
     assert cells[0][1][:2] == ["2", "16.0000"]  # |12 - 10| and |50 - 20|
@@ -209,8 +209,8 @@ def test_ranking_confusion_and_comparison_rows_on_their_own(tmp_path):
     samples = collect_samples(_records(tmp_path), result.outputs, result.predictions, ["derm", "cells"])
     derm = [s for s in samples if s.group == "derm"]
     labels, counts = confusion_counts(derm)
-    assert labels == ["A", "B", "C"]
-    assert counts == {("A", "A"): 1, ("B", "A"): 1, ("B", "B"): 1, ("C", "unparsable"): 1}
+    assert labels == ["a", "b", "c"]
+    assert counts == {("a", "a"): 1, ("b", "a"): 1, ("b", "b"): 1, ("c", "unparsable"): 1}
     assert [s.output.index for s in worst_first(derm)] == [3, 1, 0, 2]  # unparsable, wrong, right
     assert [s.output.index for s in worst_first(samples[4:6])] == [5, 4]  # f1 0, then f1 1
     assert [s.output.index for s in worst_first(samples[6:])] == [7, 6]  # error 30, then error 2
@@ -270,3 +270,38 @@ def test_a_headless_browser_renders_the_report(tmp_path):
     assert len(colours) > 200  # text, tables, badges and thumbnails, not a blank page
     assert any(_close(c, GT_COLOUR, 30) for _, c in colours)  # a ground-truth box made it to the screen
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_records"] == 8
+
+
+def test_run_settings_group_the_budgets_by_value():
+    """The image and token budgets of summary.json read as a person reads them: grouped by value, the
+    largest first, long groups shortened, one shared budget as "all N"."""
+    from qwenvl.eval.report import setting_text
+
+    budgets = {
+        "policy": "per_dataset",
+        "source": "run_info.json",
+        "datasets": {
+            "chromosome": {"max_tokens": 1296},
+            "retino": {"max_tokens": 256},
+            "fundus": {"max_tokens": 256},
+            "neojaundice": {"max_tokens": 49},
+        },
+    }
+    assert setting_text("pixel_budgets", budgets) == (
+        "policy per_dataset (from run_info.json); at most 1296 visual tokens per image: chromosome; "
+        "256 visual tokens per image: retino, fundus; 49 visual tokens per image: neojaundice"
+    )
+    same = {
+        "policy": "global",
+        "source": "argument",
+        "datasets": {f"d{i}": {"max_tokens": 16} for i in range(5)},
+    }
+    assert setting_text("pixel_budgets", same) == (
+        "policy global (from argument); at most 16 visual tokens per image: all 5"
+    )
+    tokens = {f"t{i}/classification": 18 for i in range(6)} | {"chromosome/instance_detection": 511}
+    assert setting_text("max_new_tokens", tokens) == (
+        "511 new tokens: chromosome/instance_detection; 18 new tokens: t0/classification, t1/classification, "
+        "t2/classification, t3/classification and 2 more"
+    )
+    assert setting_text("batch_size", 8) == "8"

@@ -59,9 +59,9 @@ def answered(record: dict, answer) -> dict:
 
 PREDICTIONS = [
     answered(BONE_MARROW[0], "A"),
-    answered(BONE_MARROW[1], "The answer is B."),
+    answered(BONE_MARROW[1], "The answer is B."),  # the challenge compares the string: wrong
     # BONE_MARROW[2] has no prediction
-    answered(BONE_MARROW[3], "Myelofibrosis"),  # -> B, wrong
+    answered(BONE_MARROW[3], "Myelofibrosis"),  # an option text against a letter: wrong, and a finding
     answered(NEOJAUNDICE[0], "B"),
     answered(NEOJAUNDICE[1], "I cannot tell."),  # unparsable
     answered(BUSI_DET[0], "[[0,0,10,8],[20,20,30,30],[50,50,60,60]]"),  # TP 2, FP 1
@@ -97,19 +97,33 @@ def check_tree_metrics(m: dict) -> None:
     assert m["n_extra_predictions"] == 1
     assert m["n_reused_predictions"] == 0
     assert m["n_gt_skipped"] == 0
-    assert m["notes"] == []
+    assert m["notes"] == [
+        "bone_marrow (classification): 1 of 3 answers are option texts where the reference uses option "
+        "letters; the challenge compares the texts, so they score 0 however right they are: answer in the "
+        "dataset's vocabulary"
+    ]
+    assert m["vocabulary_findings"][0] == {
+        "dataset": "bone_marrow",
+        "task_type": "classification",
+        "n": 3,
+        "references": {"letters": 3},
+        "answers": {"letters": 1, "None": 1, "texts": 1},
+        "n_other_vocabulary": 1,
+        "note": m["notes"][0],
+    }
+    assert m["vocabulary_findings"][1]["n_other_vocabulary"] == 0  # neojaundice
 
     cls = m["by_task"]["classification"]
-    # gt A B B C | B A ; pred A B - B | B - : recall A 1/2, B 2/3, C 0/1
+    # gt A B B C | B A ; pred A "the answer is b." - myelofibrosis | B - : recall A 1/2, B 1/3, C 0/1
     assert cls["n"] == 6
-    assert cls["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
-    assert cls["accuracy"] == pytest.approx(3 / 6)
+    assert cls["balanced_accuracy"] == pytest.approx((1 / 2 + 1 / 3 + 0) / 3)
+    assert cls["accuracy"] == pytest.approx(2 / 6)
     assert (cls["n_unparsable"], cls["n_missing"]) == (2, 1)
 
     bm = m["by_dataset"]["bone_marrow"]
     assert bm["task_type"] == "classification"
     assert bm["n"] == 4
-    assert bm["balanced_accuracy"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert bm["balanced_accuracy"] == pytest.approx((1 + 0 + 0) / 3)
     assert (bm["n_unparsable"], bm["n_missing"]) == (1, 1)
 
     nj = m["by_dataset"]["neojaundice"]
@@ -254,12 +268,16 @@ def test_score_other_task_types(caplog):
     assert m["by_task"]["regression"]["mae"] == pytest.approx(5.0)
 
     ml = m["by_task"]["multi-label classification"]
-    # x1: letters A, B map to both GT names (TP 2); x2: cardiomegaly TP, nodule FP
-    assert (ml["tp"], ml["fp"], ml["fn"]) == (3, 1, 0)
-    assert ml["f1"] == pytest.approx(6 / 7)
+    # x1: letters a, b against the GT names (FP 2, FN 2): the challenge compares the texts;
+    # x2: cardiomegaly TP, nodule FP
+    assert (ml["tp"], ml["fp"], ml["fn"]) == (1, 3, 2)
+    assert ml["f1"] == pytest.approx(2 / 7)
     # chestdr has two task types: one entry per task
     assert m["by_dataset"]["chestdr/multi-label classification"]["n"] == 2
-    assert m["by_dataset"]["chestdr/classification"]["balanced_accuracy"] == 1.0  # "No" -> A
+    assert m["by_dataset"]["chestdr/classification"]["balanced_accuracy"] == 0.0  # "No" is not "A"
+    # ... and both are findings, the scores unchanged
+    crossed = {(f["dataset"], f["task_type"]): f["n_other_vocabulary"] for f in m["vocabulary_findings"]}
+    assert crossed == {("chestdr", "classification"): 1, ("chestdr", "multi-label classification"): 1}
 
     inst = m["by_task"]["instance_detection"]
     # id 1: TP 1, FN 1; id 2: FN 1; id 3: FP 1
@@ -271,6 +289,7 @@ def test_score_other_task_types(caplog):
     assert 0.0 <= rep["bleu4"] < 1.0
     assert "green" not in rep and all("green" not in g for g in m["by_dataset"].values())
     assert m["notes"] and "lexical stand-ins" in m["notes"][0]
+    assert "chestdr (multi-label classification): 1 of 2 answers are option letters where" in m["notes"][2]
 
 
 def test_green_only_through_explicit_function():
@@ -310,8 +329,8 @@ def test_metrics_markdown_tables(gt_tree: Path):
     assert "missing predictions (scored as wrong): 1" in text
     assert "## classification" in text and "## detection" in text
     assert "| scope | n | balanced_accuracy | accuracy | n_unparsable | n_missing |" in text
-    assert "| **all** | 6 | 0.3889 | 0.5000 | 2 | 1 |" in text
-    assert "| bone_marrow | 4 | 0.5000 | 0.5000 | 1 | 1 |" in text
+    assert "| **all** | 6 | 0.2778 | 0.3333 | 2 | 1 |" in text
+    assert "| bone_marrow | 4 | 0.3333 | 0.2500 | 1 | 1 |" in text
     assert "| BUSI-det | 2 | 0.6667 | 0.6667 | 0.6667 | 2 | 1 | 1 | 1 | 0 |" in text
 
 
@@ -333,11 +352,27 @@ def test_cli_writes_json_and_prints_tables(gt_tree: Path, tmp_path: Path, capsys
     cli = _load_cli()
     preds = write(tmp_path / "predictions.json", PREDICTIONS)
     out = tmp_path / "out/metrics.json"
-    rc = cli.main(["--predictions", str(preds), "--ground_truth", str(gt_tree), "--output", str(out)])
-    assert rc == 0
+    argv = ["--predictions", str(preds), "--ground_truth", str(gt_tree), "--output", str(out)]
+    assert cli.main([*argv, "--extra_ground_truth", str(gt_tree)]) == 0
     printed = capsys.readouterr().out
     assert "## detection" in printed and f"metrics written to {out}" in printed
-    check_tree_metrics(json.loads(out.read_text()))
+    m = json.loads(out.read_text())
+    # The headline (the organisers' rules): bm2 has no prediction and is left out, not scored as wrong; the
+    # endo record has no answer. Classes pooled by letter: A 1/2 (bm0 right, nj1 unparsable), B 1/2 (bm1's
+    # "The answer is B." is not "b", nj0 right), C 0/1.
+    assert m["record_set"]["rules"] == "organisers"
+    assert (m["n_gt"], m["n_missing_predictions"], m["n_extra_predictions"], m["n_gt_skipped"]) == (
+        7,
+        1,
+        1,
+        1,
+    )
+    assert m["by_task"]["classification"]["balanced_accuracy"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    assert m["by_task"]["detection"]["f1"] == pytest.approx(2 / 3)
+    assert m["record_set"]["n_no_task_type"] == 1  # conversion_report.json's item
+    # The same tree as an extra record set: the toolkit's rules, as before
+    check_tree_metrics(m["extra"])
+    assert printed.index("# Headline:") < printed.index("# Extra:")
 
 
 def test_cli_errors_cleanly(gt_tree: Path, tmp_path: Path, capsys):

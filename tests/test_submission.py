@@ -251,7 +251,7 @@ def test_predict_sh_on_the_demo_testing_split(inputs, tiny_dir, tmp_path):
     raws = _check_predictions(inputs, predictions)
     summary = json.loads(proc.stdout)
     assert summary["records"] == len(raws) and summary["notes"]["unreadable_image"] == 2
-    assert summary["device"] in ("cpu", "cuda") and summary["pixel_limits"]["max_pixels"] == 16384
+    assert summary["device"] in ("cpu", "cuda") and summary["pixel_budgets"]["global"]["max_pixels"] == 16384
     for name in ('"imagesTs/BUSI-det_0000.png"', '"imagesTs/retino_0000.jpg"'):
         assert f"ImageName {name}: image 1/1: cannot decode" in proc.stderr
     types = {normalize_task_type(r["TaskType"]) for r in raws}

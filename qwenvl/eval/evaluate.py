@@ -12,12 +12,20 @@ Files written into ``output_dir``:
 - ``predictions.json``: the challenge input records (re-read from ``meta.source_file`` /
   ``meta.source_index`` when that file still holds the record, else rebuilt from ``meta``) with ``Answer``
   filled in, one per input record, in input order;
-- ``raw_outputs.jsonl``: one line per record with the model's text, the parsed flag and the written answer;
-- ``summary.json``: model, split, datasets, pixel limits, token budgets, timings, unparsable and failed counts;
+- ``raw_outputs.jsonl``: one line per record with the model's text, the parsed flag and the written answer
+  (option tasks: the answer vocabulary it is written in, the rule that chose it, and whether it is in it);
+- ``summary.json``: model, split, datasets, pixel limits, token budgets, timings, unparsable and failed counts,
+  the answer vocabulary of each option dataset (``answer_vocabulary``: the checkpoint's, else the converted
+  data's, the question's or the task default, with the answers not in it);
 - ``metrics.json`` / ``metrics.md`` / ``metrics.png``: only when the records carry answers (``val``):
   the scoring library's schema (``docs/metrics.md``) plus an ``evaluation`` block (the summary), Markdown
-  tables per task type and dataset, and a bar chart of each dataset's main metric. With a comparison run, a
-  side-by-side table (:func:`qwenvl.eval.report.compare_markdown`) is appended to ``metrics.md``;
+  tables per task type and dataset, and a bar chart of each dataset's main metric. The top level is the
+  **headline**: the predictions scored on the organisers' record set by their rules
+  (:func:`qwenvl.eval.scoring.score_organisers` on the raw tree's ``validation-public``, found from the
+  records' ``meta.source_file`` or given), what their evaluation script prints for ``predictions.json``;
+  ``extra`` holds the converted split as evaluated (``_withGT`` records included, every record scored), a
+  separate, labelled table. With a comparison run, a side-by-side table of headline numbers
+  (:func:`qwenvl.eval.report.compare_markdown`) is appended to ``metrics.md``;
 - ``report.html``: always; one self-contained page to look at (:mod:`qwenvl.eval.html_report`): metric
   tables, confusion matrices, a gallery with boxes drawn, the comparison.
 """
@@ -29,20 +37,32 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenvl.eval.backends import default_batch_size
+from qwenvl.eval.constrained import trained_vocabularies, with_answer_vocabulary
 from qwenvl.eval.generate import Generator, max_new_tokens_for, record_task
 from qwenvl.eval.html_report import DEFAULT_SAMPLES, write_html_report
 from qwenvl.eval.predictions import (
     RAW_SPLIT,
     Prediction,
+    answer_vocabularies,
     count_by_dataset,
+    record_sources,
     score_generations,
+    validation_public_of,
     write_raw_outputs,
 )
 from qwenvl.eval.report import compare_markdown, load_metrics, run_label, run_markdown, write_chart
+from qwenvl.eval.scoring import (
+    ORGANISERS_FOLDER,
+    load_organisers_ground_truth,
+    organisers_key,
+    score_organisers,
+    toolkit_record_set,
+)
 from qwenvl.flare.datasets import FLARE_DATASETS, registry_name, resolve_dataset_name
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.raw import SPLIT_FOLDERS
@@ -144,6 +164,87 @@ def _as_dirs(compare: str | os.PathLike | Sequence[str | os.PathLike] | None) ->
     return [Path(compare)] if isinstance(compare, (str, os.PathLike)) else [Path(c) for c in compare]
 
 
+def headline_metrics(
+    records: Sequence[dict],
+    predictions: Sequence[dict],
+    converted: dict,
+    split: str = "evaluated",
+    ground_truth: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    subset: bool = False,
+) -> dict:
+    """The metrics an evaluation reports: the headline (:func:`~qwenvl.eval.scoring.score_organisers`: the
+    challenge ``predictions`` on the organisers' record set, read from ``ground_truth`` or else the
+    ``validation-public`` of the raw tree ``records`` came from) with ``converted`` (the toolkit's scores of
+    the converted records, :func:`~qwenvl.eval.predictions.score_generations`) under ``extra``. Without a
+    headline (no such folder, records from another split, no prediction matching it) the converted scores
+    are the top level, their ``record_set.no_headline`` saying why (and a warning). ``subset``: the records
+    are a chosen part of the split (``--datasets``, ``--limit``), so the ground truth without a prediction is
+    expected: counted as always, logged as information rather than a warning."""
+    sources = record_sources(records)
+    where = ", ".join(f"{folder} {n}" for folder, n in sources.items())
+    extra = toolkit_record_set(
+        converted, f"the converted {split} split as evaluated ({where})", sources=sources
+    )
+    if ground_truth:
+        given = [ground_truth] if isinstance(ground_truth, (str, os.PathLike)) else list(ground_truth)
+        folders = [Path(g) for g in given]
+    elif not any(folder.startswith(ORGANISERS_FOLDER) for folder in sources):
+        folders = []
+        reason = f"no record comes from {ORGANISERS_FOLDER}, the only folder the organisers' script scores"
+    else:
+        folders = validation_public_of(records)
+        reason = (
+            f"the raw tree's {ORGANISERS_FOLDER} was not found from the records' meta.source_file (moved or "
+            f"deleted?): pass --ground_truth organized_dataset/{ORGANISERS_FOLDER}"
+        )
+    if folders:
+        truth = load_organisers_ground_truth(folders)
+        mine, others = _split_by_folder(records, predictions)
+        headline = score_organisers(truth, mine, expected_missing=subset)
+        if headline["n_gt"]:
+            _note_other_predictions(headline, truth, others)
+            return {**headline, "extra": extra}
+        reason = f"no prediction matches a scored record of {', '.join(str(f) for f in folders)}"
+    log.warning(
+        "no headline (the organisers' record set): %s; the converted split's scores stand alone", reason
+    )
+    extra["record_set"]["no_headline"] = reason
+    return extra
+
+
+def _split_by_folder(records: Sequence[dict], predictions: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """``(predictions of the records converted from validation-public, the others)``; all are the first
+    when no record names its raw folder (``meta.source_split_folder``, files converted before it existed)."""
+    folders = [(r.get("meta") or {}).get("source_split_folder") for r in records]
+    if not any(folders):
+        return list(predictions), []
+    mine = [p for f, p in zip(folders, predictions) if f == ORGANISERS_FOLDER]
+    return mine, [p for f, p in zip(folders, predictions) if f != ORGANISERS_FOLDER]
+
+
+def _note_other_predictions(headline: dict, truth: Any, others: Sequence[dict]) -> None:
+    """Record in the headline's ``record_set`` the predictions of records from other folders (the
+    ``_withGT`` ones), which the headline does not use, and warn about those sharing a key with a
+    validation-public record: the organisers' script on the whole ``predictions.json`` would score that
+    record with the later of them, an answer about another image."""
+    keys = {organisers_key(r) for _, r in truth.records if isinstance(r, dict)}
+    shared = sum(1 for p in others if organisers_key(p) in keys)
+    headline["record_set"]["n_predictions_other_folders"] = len(others)
+    headline["record_set"]["n_predictions_other_folders_sharing_keys"] = shared
+    if shared:
+        log.warning(
+            "%d predictions of records from outside %s (validation-hidden _withGT) share their (ImageName, "
+            "Question) with a record of it: the headline scores each %s record with its own answer, but the "
+            "organisers' script given the whole %s keeps the last prediction of a key, an answer about "
+            "another image; give it only the %s records' predictions",
+            shared,
+            ORGANISERS_FOLDER,
+            ORGANISERS_FOLDER,
+            EVAL_PREDICTIONS,
+            ORGANISERS_FOLDER,
+        )
+
+
 @dataclass
 class EvaluationResult:
     """What :func:`evaluate_records` produced (the same data as the files it wrote)."""
@@ -164,9 +265,14 @@ def evaluate_records(
     run_info: dict | None = None,
     compare_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     report_samples: int = DEFAULT_SAMPLES,
+    ground_truth: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    subset: bool = False,
 ) -> EvaluationResult:
     """Generate for ``records`` (converted records, e.g. from :func:`load_eval_records`), write the output
-    files and, for labelled records, score them. ``run_info`` is merged into the summary (model, settings).
+    files and, for labelled records, score them: the headline on the organisers' record set (from
+    ``ground_truth``, else the raw tree's ``validation-public``), the converted records as an extra table
+    (:func:`headline_metrics`; ``subset``: ``records`` are a chosen part of the split). ``run_info`` is merged
+    into the summary (model, settings).
     ``compare_dir``: another evaluation's folder (or its ``metrics.json``), or several, for a side-by-side
     table (the first one is also the other side of the chart and of ``report.html``'s comparison).
     ``report_samples``: gallery samples per dataset in ``report.html`` (0: none)."""
@@ -191,6 +297,7 @@ def evaluate_records(
         "n_truncated": sum(p.error is None and not p.finished for p in outputs),
         "n_rebuilt_records": scored.n_rebuilt,
         "by_dataset": count_by_dataset(outputs),
+        "answer_vocabulary": answer_vocabularies(outputs),
         "generation_seconds": round(seconds, 2),
         "records_per_second": round(len(records) / seconds, 3) if seconds > 0 else None,
         **generation_speed(outputs, seconds, getattr(generator, "stats", None)),
@@ -227,7 +334,9 @@ def evaluate_records(
             len(records) - scored.n_labelled,
             len(records),
         )
-    metrics = {**scored.metrics, "evaluation": summary}
+    split = str((run_info or {}).get("split", "evaluated"))
+    scores = headline_metrics(records, scored.predictions, scored.metrics, split, ground_truth, subset)
+    metrics = {**scores, "evaluation": summary}
     result.metrics = metrics
     markdown = run_markdown(metrics, summary)
     if other is not None:
@@ -257,7 +366,7 @@ class EvalOptions:
     output_dir: str
     datasets: list[str] | None = None
     split: str = "val"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the backend's default (qwenvl.eval.backends.default_batch_size)
     min_pixels: int | None = None
     max_pixels: int | None = None
     max_new_tokens: int | None = None
@@ -271,6 +380,8 @@ class EvalOptions:
     report_samples: int = DEFAULT_SAMPLES
     free_decoding: bool = False  # no format constraint (constrained decoding is the default)
     baseline: str | None = None  # "constant": no model, the constant-answer baseline (qwenvl.eval.baseline)
+    ground_truth: str | None = None  # the headline's validation-public (None: found from the records' meta)
+    backend: str = "hf"  # hf (transformers generate) | vllm (qwenvl.eval.vllm_backend, its own environment)
 
 
 def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> EvaluationResult:
@@ -286,12 +397,13 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
     dropped = None
     if options.drop_leaked_val:
         records, dropped = drop_leaked_val(records)
+    records = with_answer_vocabulary(records, trained_vocabularies(options.model_path))
     info: dict[str, Any] = {
         "model_path": options.model_path,
         "split": options.split,
         "datasets": names,
         "limit": options.limit,
-        "batch_size": options.batch_size,
+        "batch_size": options.batch_size or default_batch_size(options.backend),
         "decoding": "free" if options.free_decoding else "constrained",
         "max_new_tokens": {
             t: max_new_tokens_for(t, options.max_new_tokens)
@@ -314,31 +426,24 @@ def run_evaluation(options: EvalOptions, generator: Generator | None = None) -> 
             max_new_tokens={},
         )
     if generator is None:
-        from qwenvl.eval.generate import BatchGenerator, load_for_generation
+        from qwenvl.eval.backends import load_generator_for
 
-        if not options.progress:  # --no_progress: no bar at all, transformers' weight loading included
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-        loaded = load_for_generation(
-            options.model_path,
-            options.min_pixels,
-            options.max_pixels,
-            options.dtype,
-            options.device,
-            options.attn_implementation,
-        )
-        info.update(pixel_limits=asdict(loaded.pixel_limits), device=loaded.device, dtype=loaded.dtype)
-        generator = BatchGenerator(
-            loaded.model,
-            loaded.processor,
-            options.batch_size,
-            options.max_new_tokens,
-            options.progress,
+        loaded = load_generator_for(  # --no_progress: no bar at all, transformers' weight loading included
+            options,
+            attn_implementation=options.attn_implementation,
+            progress=options.progress,
             free_decoding=options.free_decoding,
         )
+        info.update(loaded.info(records))
+        generator = loaded.generator
         info["max_new_tokens"] = generator.budgets(records)  # per dataset/task type, derived from training
     return evaluate_records(
-        records, generator, options.output_dir, info, options.compare, options.report_samples
+        records,
+        generator,
+        options.output_dir,
+        info,
+        options.compare,
+        options.report_samples,
+        options.ground_truth,
+        subset=bool(options.datasets or options.limit or options.drop_leaked_val),
     )

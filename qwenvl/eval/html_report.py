@@ -1,11 +1,14 @@
 """``report.html``: one self-contained page that shows an evaluation to a person.
 
 It opens offline (inline CSS, no script, no external font or URL; images embedded as base64 JPEG thumbnails)
-and holds, in order: a header with the model, split and counts; a table of contents; the main metric per task
-type and per dataset; with ``--compare``, the other run's main metrics side by side with coloured deltas; then
-per dataset its metric table, a confusion matrix for single-label tasks (those scored by balanced accuracy:
-ground truth x prediction, with an ``unparsable`` column), and a gallery of samples (images, question, ground
-truth, prediction, the sample's own main metric). Box tasks get their boxes drawn on the first image, in
+and holds, in order: a header with the model, split and counts; a table of contents; the headline (the
+organisers' record set and rules: what it holds, the ground truth left out for want of a prediction) with its
+main metric per task type and per dataset, then the extra record set (the converted split as evaluated) in
+its own labelled tables; with ``--compare``, the other run's headline numbers side by side with coloured
+deltas; then per dataset its metric table (the headline's row, and the extra record set's where it differs),
+a confusion matrix for single-label tasks (those scored by balanced accuracy: ground truth x prediction, with
+an ``unparsable`` column), and a gallery of samples (images, question, ground truth, prediction, the sample's
+own main metric). Box tasks get their boxes drawn on the first image, in
 original-image pixels (ground truth solid green, prediction dashed magenta). Labelled samples come worst first
 (unparsable, then by their own main metric: misclassified, largest errors, lowest F1...); answer-less splits
 keep input order. Nothing here branches on task-type names: it asks the task table.
@@ -26,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl.eval.predictions import Prediction, SourceFiles, ground_truth_pairs
-from qwenvl.eval.report import comparison_rows
+from qwenvl.eval.report import comparison_rows, record_set_line, setting_text
 from qwenvl.eval.report_images import GT_COLOUR, PRED_COLOUR, THUMB_SIDE, box_list, image_uri, thumbnail
-from qwenvl.eval.scoring import format_value
+from qwenvl.eval.scoring import ORGANISERS, format_value, main_scores, missing_text
 from qwenvl.flare.images import load_rgb
 from qwenvl.flare.parsing import parse_options
 from qwenvl.flare.schema import images_of
@@ -75,8 +78,8 @@ def collect_samples(
         sample = Sample(record, out, group_of(out, groups))
         task = TASKS.get(out.task_type or "")
         question = meta.get("question")
-        if task is not None:
-            sample.pred = task.parse(out.answer, question)
+        if task is not None:  # the written answer as the challenge reads it, as scoring does
+            sample.pred = task.read_answer(out.answer, question)
         if meta.get("has_answer", False):
             sample.reference = next(truths)[1].get("Answer")
             if task is not None:
@@ -197,23 +200,30 @@ def _header(summary: dict, metrics: dict | None) -> str:
         ("records / s", summary.get("records_per_second"), False),
     ]
     if metrics is not None:
-        kpis.append(("missing predictions", metrics.get("n_missing_predictions"), False))
+        headline = is_headline(metrics)
+        missing = metrics.get("n_missing_predictions")
+        label = "no prediction (left out of the headline)" if headline else "missing predictions"
+        kpis.append((label, missing, headline and bool(missing)))
     cards = "".join(
         f'<div class="kpi{" warn" if warn else ""}"><b>{esc(f"{v:g}" if isinstance(v, (int, float)) else v)}</b><span>{esc(k)}</span></div>'
         for k, v, warn in kpis
         if v is not None
     )
-    shown = ("pixel_limits", "max_new_tokens", "decoding", "batch_size", "device", "dtype", "limit")
+    shown = ("pixel_budgets", "max_new_tokens", "decoding", "batch_size", "device", "dtype", "limit")
+    grouped = ("pixel_budgets", "max_new_tokens")  # grouped by value (report.setting_text)
     settings = "".join(
-        f"<tr><th>{esc(k)}</th><td class='mono'>{esc(_as_text(summary[k]))}</td></tr>"
+        f"<tr><th>{esc(k)}</th><td class='mono'>{esc(setting_text(k, summary[k]) if k in grouped else _as_text(summary[k]))}</td></tr>"
         for k in shown
         if summary.get(k) is not None
     )
     rest = {k: v for k, v in summary.items() if k not in ("by_dataset", "failures")}
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
-    scored = (
-        "scored against the ground truth" if metrics is not None else "no answers in this split: not scored"
-    )
+    if metrics is None:
+        scored = "no answers in this split: not scored"
+    elif is_headline(metrics):
+        scored = "headline: the organisers' record set and rules"
+    else:
+        scored = "scored on the converted split (no headline)"
     return (
         f"<h1>FLARE25 evaluation: {esc(Path(model).name or model)}</h1>"
         f'<div class="sub">model <span class="mono">{esc(model)}</span> &middot; split <b>{esc(split)}</b> '
@@ -229,24 +239,110 @@ def _metric_cell(value: Any, higher: bool) -> str:
     return _td(value, num=True)
 
 
+def is_headline(metrics: dict) -> bool:
+    """Whether ``metrics``' top level is the headline (the organisers' record set)."""
+    return (metrics.get("record_set") or {}).get("rules") == ORGANISERS
+
+
+def _main_metric_row(name: str, group: dict, task: Any, direction: bool = False) -> list[str]:
+    """One row of a main-metric table: scope, n, the metric's name (with ``direction``: which way is better),
+    its value and the unparsable answers."""
+    metric = task.main_metric
+    if direction:
+        metric += f" ({'higher' if task.higher_is_better else 'lower'} is better)"
+    return [
+        f"<td>{esc(name)}</td>",
+        _td(group.get("n"), True),
+        f"<td>{esc(metric)}</td>",
+        _metric_cell(group.get(task.main_metric), task.higher_is_better),
+        _td(group.get("n_unparsable"), True),
+    ]
+
+
+def _by_task_table(metrics: dict) -> str:
+    rows = [_main_metric_row(name, g, TASKS[name], True) for name, g in metrics.get("by_task", {}).items()]
+    return _table(["task type", "n", "main metric", "value", "unparsable"], rows)
+
+
+def _record_set_text(metrics: dict) -> str:
+    """The paragraph under a record set's heading: what its records and rules are, with its counts."""
+    rs = metrics.get("record_set") or {}
+    if is_headline(metrics):
+        roots = ", ".join(rs.get("ground_truth", []))
+        missing = metrics.get("n_missing_predictions", 0)
+        text = (
+            f"The records and rules of the organisers' evaluation script: every record under {esc(roots)}, one "
+            "per (ImageName, Question) with the last of duplicates kept, predictions matched on that key. "
+            f"Scored: {esc(metrics.get('n_gt'))} records; extra predictions (ignored): "
+            f"{esc(metrics.get('n_extra_predictions'))}; duplicate keys (the last kept): ground truth "
+            f"{esc(rs.get('n_duplicate_gt_keys', 0))}, predictions {esc(rs.get('n_duplicate_prediction_keys', 0))}."
+        )
+        if missing:
+            by = missing_text(rs)
+            text += (
+                f" <b class='worse'>Ground truth without a prediction: {esc(missing)} records: left out of these "
+                f"scores as the organisers' script leaves them out; a submission without them loses them</b> "
+                f"({esc(by)})."
+            )
+        shared = rs.get("n_predictions_other_folders_sharing_keys")
+        if shared:
+            text += (
+                f" <b>{esc(shared)} predictions of records from other folders share their key with a record "
+                "here</b>: the organisers' script given every prediction would score those records with the "
+                "later answer, about another image."
+            )
+        return f"<p class='small'>{text}</p>"
+    text = (
+        "Not the organisers' record set: the toolkit's rules (every record scored, records sharing a key paired "
+        f"in order, a missing prediction scored as wrong). Scored: {esc(metrics.get('n_gt'))} records; missing "
+        f"predictions: {esc(metrics.get('n_missing_predictions'))}."
+    )
+    if rs.get("no_headline"):
+        text = f"<b>No headline</b>: {esc(rs['no_headline'])}. " + text
+    return f"<p class='small'>{text}</p>"
+
+
+def _extra_section(metrics: dict) -> str:
+    """The extra record set (the converted split as evaluated): its own heading, text and tables, or one
+    sentence where it scores exactly as the headline."""
+    extra = metrics.get("extra")
+    if not extra:
+        return ""
+    title = (extra.get("record_set") or {}).get("title", "the extra record set")
+    head = f"<h3 id='extra'>Extra, not the headline: {esc(title)}</h3>"
+    if main_scores(extra) == main_scores(metrics):
+        return head + (
+            "<p class='small'>The same number of records in every group as the headline, with the same scores: "
+            "the tables are not repeated.</p>"
+        )
+    rows = []
+    same = main_scores(metrics)
+    for name, g in extra.get("by_dataset", {}).items():
+        task = TASKS.get(g.get("task_type", ""))
+        if task is None or same.get(name) == main_scores({"by_dataset": {name: g}}).get(name):
+            continue
+        rows.append(_main_metric_row(name, g, task))
+    return (
+        head
+        + _record_set_text(extra)
+        + _by_task_table(extra)
+        + "<p class='small'>The datasets whose records or scores differ from the headline's (the others score "
+        "the same):</p>" + _table(["dataset", "n", "main metric", "value", "unparsable"], rows)
+    )
+
+
 def _overview(groups: list[str], summary: dict, metrics: dict | None) -> str:
     parts = ["<h2 id='overview'>Overview</h2>"]
     if metrics is not None:
-        rows = []
-        for task_name, g in metrics.get("by_task", {}).items():
-            task = TASKS[task_name]
-            rows.append(
-                [
-                    f"<td>{esc(task_name)}</td>",
-                    _td(g.get("n"), True),
-                    f"<td>{esc(task.main_metric)} ({'higher' if task.higher_is_better else 'lower'} is better)</td>",
-                    _metric_cell(g.get(task.main_metric), task.higher_is_better),
-                    _td(g.get("n_unparsable"), True),
-                ]
-            )
+        title = (
+            "Headline: the organisers' record set"
+            if is_headline(metrics)
+            else "Scores of the converted split (no headline)"
+        )
         parts += [
-            "<h3>By task type</h3>",
-            _table(["task type", "n", "main metric", "value", "unparsable"], rows),
+            f"<h3 id='headline'>{esc(title)}, by task type</h3>",
+            _record_set_text(metrics),
+            _by_task_table(metrics),
         ]
         parts += [f"<p class='small'>{esc(note)}</p>" for note in metrics.get("notes", [])]
     rows = []
@@ -258,13 +354,17 @@ def _overview(groups: list[str], summary: dict, metrics: dict | None) -> str:
         row = [f"<td><a href='#{_anchor(i)}'>{esc(key)}</a></td>", _td(counts.get("n"), True)]
         if metrics is not None:
             row += [
+                _td(g.get("n"), True),
                 f"<td>{esc(task.main_metric) if task else ''}</td>",
                 _metric_cell(g.get(task.main_metric), task.higher_is_better) if task else "<td></td>",
             ]
         row += [_td(counts.get(c), True) for c in ("n_unparsable", "n_failed", "n_truncated")]
         rows.append(row)
-    header = ["dataset", "n", *(["main metric", "value"] if metrics is not None else [])]
+    scored = "scored (headline)" if metrics is not None and is_headline(metrics) else "scored"
+    header = ["dataset", "records", *([scored, "main metric", "value"] if metrics is not None else [])]
     parts += ["<h3>By dataset</h3>", _table([*header, "unparsable", "failed", "cut"], rows)]
+    if metrics is not None:
+        parts.append(_extra_section(metrics))
     return "".join(parts)
 
 
@@ -282,9 +382,9 @@ def _comparison(this: dict, other: dict, this_name: str, other_name: str) -> str
         rows.append([f"<td>{esc(scope)}</td>", f"<td>{esc(metric)}</td>", _td(a, True), _td(b, True), delta])
     return (
         f"<h2 id='comparison'>Comparison: {esc(this_name)} vs {esc(other_name)}</h2>"
-        "<p class='small'>delta = this - other; green where this run is better (higher or lower, as the "
-        "metric wants), red where it is worse.</p>"
-        + _table(["scope", "main metric", this_name, other_name, "delta"], rows)
+        f"<p class='small'>{esc(record_set_line([this_name, other_name], [this, other]))} delta = this - "
+        "other; green where this run is better (higher or lower, as the metric wants), red where it is "
+        "worse.</p>" + _table(["scope", "main metric", this_name, other_name, "delta"], rows)
     )
 
 
@@ -400,9 +500,9 @@ def _group_section(
         + "</div>",
     ]
     group = (metrics or {}).get("by_dataset", {}).get(key)
-    if group is not None and task is not None:
-        cols = ["n", *(c for c in task.metric_columns if c in group), "n_unparsable", "n_missing"]
-        parts.append(_table(cols, [[_td(group.get(c), True) for c in cols]]))
+    extra = ((metrics or {}).get("extra") or {}).get("by_dataset", {}).get(key)
+    if (group is not None or extra is not None) and task is not None:
+        parts.append(_group_table(key, task, group, extra))
         if CONFUSION_METRIC in task.metric_columns:
             parts.append(_confusion(samples))
     if limit > 0 and samples:
@@ -418,6 +518,42 @@ def _group_section(
             )
         parts.append("<div class='gallery'>" + "".join(_card(s, boxes) for s in shown) + "</div>")
     return "".join(parts)
+
+
+def _group_table(key: str, task: Any, group: dict | None, extra: dict | None) -> str:
+    """A dataset group's metric table: the top level's row (the headline's, with ``n_left_out``, or the
+    converted split's without a headline), and the extra record set's labelled row where it scores otherwise
+    (or where the headline has no such group)."""
+    some = group if group is not None else extra
+    cols = ["n", *(c for c in task.metric_columns if c in some)]
+    if extra is None or (
+        group is not None
+        and main_scores({"by_dataset": {key: extra}}) == main_scores({"by_dataset": {key: group}})
+    ):
+        missing = "n_left_out" if "n_left_out" in some else "n_missing"
+        return _table(
+            [*cols, "n_unparsable", missing],
+            [[_td(some.get(c), True) for c in [*cols, "n_unparsable", missing]]],
+        )
+    rows = []
+    if group is not None:
+        rows.append(
+            ["<td>headline</td>", *(_td(group.get(c), True) for c in [*cols, "n_unparsable", "n_left_out"])]
+        )
+    else:
+        rows.append(
+            [
+                "<td>headline</td>",
+                *(["<td>not in the organisers' record set</td>"] + ["<td></td>"] * (len(cols) + 1)),
+            ]
+        )
+    rows.append(
+        [
+            "<td>extra: converted split</td>",
+            *(_td(extra.get(c), True) for c in [*cols, "n_unparsable", "n_missing"]),
+        ]
+    )
+    return _table(["record set", *cols, "n_unparsable", "n_left_out (headline) / n_missing (extra)"], rows)
 
 
 def _failures(summary: dict) -> str:
@@ -447,6 +583,8 @@ def render_report(
     for s in samples:
         by_group[s.group].append(s)
     toc = ["<li><a href='#overview'>Overview</a></li>"]
+    if metrics is not None and metrics.get("extra"):
+        toc.append("<li><a href='#extra'>Extra record set</a></li>")
     if metrics is not None and other is not None:
         toc.append("<li><a href='#comparison'>Comparison</a></li>")
     toc += [f"<li><a href='#{_anchor(i)}'>{esc(g)}</a></li>" for i, g in enumerate(groups)]

@@ -1,6 +1,7 @@
 """Model outputs -> challenge predictions: each generation parsed by its record's task type, written back
-into the original raw record (``Answer`` filled in, input order), and the labelled ones scored against their
-original raw answers with :func:`qwenvl.eval.scoring.score_records`."""
+into the original raw record (``Answer`` filled in, input order; an option task's answer in its record's answer
+vocabulary, :mod:`qwenvl.flare.vocabulary`), and the labelled ones scored against their original raw answers
+with :func:`qwenvl.eval.scoring.score_records`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenvl.eval.constrained import answer_vocabulary
 from qwenvl.eval.generate import Generation, as_generation, record_task
-from qwenvl.eval.scoring import score_records
+from qwenvl.eval.scoring import ORGANISERS_FOLDER, score_records
 from qwenvl.flare.boxes import format_boxes, record_boxes_to_pixels
 from qwenvl.flare.parsing import clean_text
-from qwenvl.flare.raw import QuestionFileError, read_question_file
-from qwenvl.flare.schema import BOX_QWEN1000
+from qwenvl.flare.raw import SPLIT_FOLDERS, QuestionFileError, read_question_file
+from qwenvl.flare.schema import BOX_QWEN1000, describe_records
 from qwenvl.flare.tasks import TASKS
+from qwenvl.flare.vocabulary import META_KEY, AnswerVocabulary, vocabulary_summary
 
 RAW_SPLIT = {"train": "train", "val": "val", "val_hidden": "val", "test": "test"}  # raw ``Split`` values
 
@@ -114,12 +117,20 @@ class Prediction:
     n_new_tokens: int = 0
     finished: bool = True
     error: str | None = None
+    vocabulary: dict | None = None  # option tasks: the answer vocabulary written in, with its ``rule``
+    in_vocabulary: bool | None = None  # option tasks: the written answer is in that vocabulary
+
+
+def record_vocabulary(record: dict) -> tuple[AnswerVocabulary, str] | None:
+    """``(vocabulary, rule)`` an option-task record's answer is written in (resolved once per record:
+    :func:`qwenvl.eval.constrained.answer_vocabulary`); ``None`` for the other task types."""
+    return answer_vocabulary(record)
 
 
 def challenge_answer(text: str, record: dict) -> tuple[Any, bool]:
-    """``(Answer, parsed)`` for a model text, written by the record's task type (the option letter, pixel
-    boxes as JSON, a number, the model's own wording...). Text that does not parse is written as is (cleaned
-    of special tokens) with ``parsed=False``."""
+    """``(Answer, parsed)`` for a model text, written by the record's task type (an option answer in the
+    record's answer vocabulary, pixel boxes as JSON, a number, the model's own wording...). Text that does not
+    parse is written as is (cleaned of special tokens) with ``parsed=False``."""
     name = record_task(record)
     if name is None:
         return clean_text(text), False
@@ -127,7 +138,21 @@ def challenge_answer(text: str, record: dict) -> tuple[Any, bool]:
     value = task.parse(text, meta.get("question"))
     if value is None:
         return clean_text(text), False
+    found = record_vocabulary(record)
+    if found is not None:
+        meta = {**meta, META_KEY: {**found[0].as_record(), "rule": found[1]}}
     return task.challenge_answer(value, text, meta), True
+
+
+def in_vocabulary(answer: Any, record: dict) -> bool | None:
+    """Whether an option task's written answer is in its record's vocabulary (the evaluation's check on
+    predictions: one that parses may still be in another form); ``None`` for the other task types."""
+    found = record_vocabulary(record)
+    if found is None:
+        return None
+    return TASKS[record_task(record) or ""].in_vocabulary(
+        answer, (record.get("meta") or {}).get("question"), found[0]
+    )
 
 
 def _dataset_of(record: dict) -> str:
@@ -143,6 +168,7 @@ def make_predictions(records: Sequence[dict], generations: Sequence[Generation |
     for i, (record, raw) in enumerate(zip(records, generations)):
         gen = as_generation(raw)
         answer, parsed = ("", False) if gen.error else challenge_answer(gen.text, record)
+        found = record_vocabulary(record)
         out.append(
             Prediction(
                 i,
@@ -154,9 +180,19 @@ def make_predictions(records: Sequence[dict], generations: Sequence[Generation |
                 gen.n_new_tokens,
                 gen.finished,
                 gen.error,
+                {**found[0].as_record(), "rule": found[1]} if found else None,
+                in_vocabulary(answer, record),
             )
         )
     return out
+
+
+def answer_vocabularies(outputs: Sequence[Prediction]) -> dict[str, dict[str, Any]]:
+    """Per ``dataset/task type`` of the option tasks: the vocabulary the answers were written in, the rule
+    that chose it and the answers not in it (:func:`qwenvl.flare.vocabulary.vocabulary_summary`)."""
+    return vocabulary_summary(
+        (p.dataset, str(p.task_type), p.vocabulary, p.in_vocabulary) for p in outputs if p.vocabulary
+    )
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -201,6 +237,9 @@ def write_raw_outputs(path: Path, records: Sequence[dict], outputs: Sequence[Pre
                 "finished": p.finished,
                 "error": p.error,
             }
+            if p.vocabulary is not None:
+                line["vocabulary"] = p.vocabulary
+                line["in_vocabulary"] = p.in_vocabulary
             f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
@@ -218,6 +257,26 @@ def ground_truth_pairs(
             raw = {**pred, "Answer": reference_answer(record)}
         pairs.append((_dataset_of(record), raw))
     return pairs
+
+
+def validation_public_of(records: Sequence[dict]) -> list[Path]:
+    """The ``validation-public`` folders (that exist) of the raw trees ``records`` were converted from: the
+    sibling of the split folder above each ``meta.source_file``, in first-seen order."""
+    found: dict[Path, None] = {}
+    for record in records:
+        source = (record.get("meta") or {}).get("source_file")
+        if not isinstance(source, str):
+            continue
+        for parent in Path(source).parents:
+            if parent.name in SPLIT_FOLDERS.values():
+                found.setdefault(parent.parent / ORGANISERS_FOLDER, None)
+                break
+    return [folder for folder in found if folder.is_dir()]
+
+
+def record_sources(records: Sequence[dict]) -> dict[str, int]:
+    """Labelled records per raw folder they came from (``validation-public``, ``validation-hidden _withGT``)."""
+    return describe_records([r for r in records if (r.get("meta") or {}).get("has_answer", False)])["folders"]
 
 
 @dataclass

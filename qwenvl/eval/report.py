@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qwenvl.eval.scoring import format_value, metrics_markdown
+from qwenvl.eval.scoring import ORGANISERS, format_value, main_scores, scores_markdown
 from qwenvl.flare.runfiles import EVAL_METRICS_JSON
 from qwenvl.flare.tasks import TASKS
 
@@ -22,23 +22,64 @@ def run_label(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- markdown
 def run_markdown(metrics: dict, summary: dict) -> str:
-    """``metrics.md``: a header with the run's settings, the scoring tables, and the unparsable counts."""
+    """``metrics.md``: a header with the run's settings, the headline's tables (the organisers' record set),
+    the extra record set's (the converted split as evaluated), then the records and unparsable counts per
+    dataset of the converted split."""
     lines = ["# Evaluation", ""]
-    for key in ("model_path", "split", "pixel_limits", "max_new_tokens", "batch_size", "device", "dtype"):
+    for key in ("model_path", "split", "pixel_budgets", "max_new_tokens", "batch_size", "device", "dtype"):
         if key in summary:
-            lines.append(f"- {key}: {summary[key]}")
+            lines.append(f"- {key}: {setting_text(key, summary[key])}")
     lines.append(
         f"- records: {summary['n_records']}; unparsable answers: {summary['n_unparsable']} (scored as wrong, "
         f"kept in predictions.json); failed inputs: {summary['n_failed']}; cut at the token budget: "
         f"{summary['n_truncated']}; generation: {summary['generation_seconds']} s"
     )
-    lines += ["", "| dataset | n | n_unparsable | n_failed | n_truncated |", "|---|---|---|---|---|"]
-    for name, c in summary["by_dataset"].items():
-        lines.append(f"| {name} | {c['n']} | {c['n_unparsable']} | {c['n_failed']} | {c['n_truncated']} |")
     body = "\n".join(
-        "#" + line if line.startswith("#") else line for line in metrics_markdown(metrics).splitlines()
+        "#" + line if line.startswith("#") else line for line in scores_markdown(metrics).splitlines()
     )
-    return "\n".join(lines) + "\n\n" + body + "\n"
+    counts = [
+        "## Records per dataset (the converted split as evaluated)",
+        "",
+        "| dataset | n | n_unparsable | n_failed | n_truncated |",
+        "|---|---|---|---|---|",
+    ]
+    for name, c in summary["by_dataset"].items():
+        counts.append(f"| {name} | {c['n']} | {c['n_unparsable']} | {c['n_failed']} | {c['n_truncated']} |")
+    return "\n".join(lines) + "\n\n" + body + "\n\n" + "\n".join(counts) + "\n"
+
+
+def _grouped(values: dict[str, Any], unit: str, limit: int = 4) -> str:
+    """``{name: value}`` as ``value unit: a, b, c and 2 more; value unit: d``, the largest value first."""
+    groups: dict[Any, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(value, []).append(name)
+    if len(groups) == 1 and len(values) > limit:
+        return f"{next(iter(groups))} {unit}: all {len(values)}"
+    parts = []
+    for value, names in sorted(
+        groups.items(), key=lambda kv: -kv[0] if isinstance(kv[0], (int, float)) else 0
+    ):
+        shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+        parts.append(f"{value} {unit}: {shown}")
+    return "; ".join(parts)
+
+
+def setting_text(key: str, value: Any) -> str:
+    """A run setting of ``summary.json`` as a person reads it: the image budgets and token budgets grouped by
+    value (``<= 1296 visual tokens: chromosome; <= 16 visual tokens: retino, ...``), anything else as it is."""
+    if key == "pixel_budgets" and isinstance(value, dict) and "datasets" in value:
+        head = f"policy {value.get('policy')} (from {value.get('source')})"
+        tokens = {
+            name: budget.get("max_tokens")
+            for name, budget in value["datasets"].items()
+            if isinstance(budget, dict) and budget.get("max_tokens") is not None
+        }
+        return f"{head}; at most {_grouped(tokens, 'visual tokens per image')}" if tokens else head
+    if key == "max_new_tokens" and isinstance(value, dict) and value:
+        numbers = {k: v for k, v in value.items() if isinstance(v, (int, float))}
+        if len(numbers) == len(value):
+            return _grouped(numbers, "new tokens")
+    return str(value)
 
 
 def load_metrics(path: str | os.PathLike) -> dict:
@@ -78,6 +119,37 @@ def comparison_rows(this: dict, *others: dict) -> list[tuple[Any, ...]]:
     return rows
 
 
+def record_set_line(names: Sequence[str], runs: Sequence[dict]) -> str:
+    """What each run's compared numbers are: its headline (records scored, ground truth left out for want of
+    a prediction), or the converted split's scores where a run has no headline."""
+    parts = []
+    for name, run in zip(names, runs):
+        rs = run.get("record_set") or {}
+        if rs.get("rules") == ORGANISERS:
+            parts.append(f"{name} {run.get('n_gt')} scored, {run.get('n_missing_predictions')} left out")
+        elif rs.get("no_headline"):
+            parts.append(f"{name}: no headline, the converted split's {run.get('n_gt')} records")
+        else:
+            parts.append(f"{name}: no record set named (a metrics file from before headlines)")
+    return (
+        "Headline numbers: each run on the organisers' record set (records scored, ground truth without a "
+        "prediction left out): " + "; ".join(parts) + "."
+    )
+
+
+def _comparison_table(
+    runs: Sequence[dict], names: Sequence[str], delta: str, scopes: set[str] | None = None
+) -> list[str]:
+    lines = [f"| scope | metric | {' | '.join(names)} | {delta} |", "|---|---|" + "---|" * (len(names) + 1)]
+    for scope, main, higher, *values in comparison_rows(*runs):
+        if scopes is not None and scope not in scopes:
+            continue
+        metric = f"{main} {'(higher is better)' if higher else '(lower is better)'}"
+        cells = " | ".join(format_value(v) for v in values)
+        lines.append(f"| {scope} | {metric} | {cells} | {_delta(values[0], values[1])} |")
+    return lines
+
+
 def _unparsable(group: dict) -> str:
     return f"{group['n_unparsable']}/{group['n']}" if "n_unparsable" in group and "n" in group else "n/a"
 
@@ -89,10 +161,12 @@ def compare_markdown(
     other_name: str = "other",
     more: Sequence[tuple[str, dict]] = (),
 ) -> str:
-    """A side-by-side table of two (or more) metrics dicts: per task type (``all <task>``) and per dataset,
-    the main metric of this run and the others, and the difference this - other (the first other); with
-    ``more`` (further ``(name, metrics)`` runs as extra columns), also a table of unparsable answers per task
-    type of every run."""
+    """A side-by-side table of two (or more) metrics dicts' headline numbers (their top level, the organisers'
+    record set; a line says what each run's are): per task type (``all <task>``) and per dataset, the main
+    metric of this run and the others, and the difference this - other (the first other); with ``more``
+    (further ``(name, metrics)`` runs as extra columns), also a table of unparsable answers per task type of
+    every run. Where a run's extra record set (the converted split) scores otherwise than its headline, the
+    same table of the extra record sets follows, labelled, with the groups that differ."""
     names = [this_name, other_name, *(n for n, _ in more)]
     if len(set(names)) < len(names):
         tags = ["other"] if len(names) == 2 else [f"other {i}" for i in range(1, len(names))]
@@ -100,16 +174,8 @@ def compare_markdown(
     runs = [this, other, *(m for _, m in more)]
     title = " vs ".join(names)
     delta = "delta" if not more else f"delta vs {names[1]}"
-    lines = [
-        f"## Comparison: {title}",
-        "",
-        f"| scope | metric | {' | '.join(names)} | {delta} |",
-        "|---|---|" + "---|" * (len(names) + 1),
-    ]
-    for scope, main, higher, *values in comparison_rows(*runs):
-        metric = f"{main} {'(higher is better)' if higher else '(lower is better)'}"
-        cells = " | ".join(format_value(v) for v in values)
-        lines.append(f"| {scope} | {metric} | {cells} | {_delta(values[0], values[1])} |")
+    lines = [f"## Comparison: {title}", "", record_set_line(names, runs), ""]
+    lines += _comparison_table(runs, names, delta)
     if more:
         lines += [
             "",
@@ -122,6 +188,23 @@ def compare_markdown(
         for task in tasks:
             cells = " | ".join(_unparsable(run.get("by_task", {}).get(task, {})) for run in runs)
             lines.append(f"| {task} | {cells} |")
+    extras = [run.get("extra") or {} for run in runs]
+    differ = {
+        scope
+        for e, run in zip(extras, runs)
+        if e
+        for scope, score in main_scores(e).items()
+        if main_scores(run).get(scope) != score
+    }
+    if differ:
+        lines += [
+            "",
+            "### Extra: the converted split as evaluated (not the headline)",
+            "",
+            "The groups whose records or scores differ from the headline's (the others are the same):",
+            "",
+        ]
+        lines += _comparison_table(extras, names, delta, differ)
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,16 @@
 """Score FLARE25 challenge-format predictions against raw ground-truth question files.
 
-Predictions are the challenge's input records with ``Answer`` filled in (one JSON list). They are matched to
-ground truth on (``ImageName``, ``Question``); a list-valued ``ImageName`` is compared through its JSON text.
+Predictions are the challenge's input records with ``Answer`` filled in (one JSON list). Two record sets:
+
+- the **headline** (:func:`score_organisers`): exactly the records the organisers' evaluation script scores,
+  by its rules: every record of every ``*.json`` under ``validation-public`` (:func:`load_organisers_ground_truth`),
+  one per (``ImageName``, ``Question``) as its dictionary keeps them (the last of duplicates), predictions
+  matched on the same key (the last of duplicates), ground truth without a prediction left out of the score
+  and counted loudly;
+- the toolkit's (:func:`score_records`): given ground-truth records, all scored, duplicates paired in order,
+  a missing prediction scored as wrong (a converted split, the ``_withGT`` files: extra tables, never merged
+  into the headline).
+
 Boxes are original-image pixels on both sides. Metrics per task type and per dataset; see ``docs/metrics.md``
 for the output schema, the definitions and the policy for missing and unparsable predictions.
 """
@@ -13,7 +22,7 @@ import logging
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,7 @@ from qwenvl.flare.raw import (
     record_key,
 )
 from qwenvl.flare.tasks import TASK_TYPES, TASKS, normalize_task_type
+from qwenvl.flare.vocabulary import VocabularyEntry, vocabulary_findings
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +302,26 @@ def score_records(
             continue
         gt_items.append((dataset, task, record))
     paired, counts = _pair_predictions(gt_items, pred_records)
+    if counts["n_extra_predictions"]:
+        log.warning("%d predictions match no ground-truth record (ignored)", counts["n_extra_predictions"])
+    return _score_pairs(
+        [(*item, pred) for item, pred in zip(gt_items, paired)], counts, n_gt_skipped, green_fn
+    )
 
+
+def _score_pairs(
+    pairs: list[tuple[str, str, dict, dict | None]],
+    counts: dict[str, int],
+    n_gt_skipped: int,
+    green_fn: GreenFn | None,
+) -> dict[str, Any]:
+    """The metrics of ``(dataset, task, ground-truth record, prediction or None)`` pairs: each reference and
+    answer read by its task type, references that do not parse skipped (counted into ``n_gt_skipped``), a
+    missing prediction scored as wrong; GREEN through ``green_fn`` when given."""
     items: list[ScoredItem] = []
     missing_keys = []
-    for (dataset, task, record), pred in zip(gt_items, paired):
+    vocabulary: list[VocabularyEntry] = []
+    for dataset, task, record, pred in pairs:
         gt_value = _parse_gt(record, task)
         if gt_value is None:
             log.warning(
@@ -309,16 +335,17 @@ def score_records(
             continue
         if pred is None:
             missing_keys.append(record_key(record))
-        pred_value = None if pred is None else TASKS[task].parse(pred.get("Answer"), record.get("Question"))
+        pred_value = (
+            None if pred is None else TASKS[task].read_answer(pred.get("Answer"), record.get("Question"))
+        )
         items.append(ScoredItem(dataset, task, gt_value, pred_value, pred is None))
+        vocabulary += _vocabulary_entry(dataset, task, record, pred)
     if missing_keys:
         log.warning(
             "%d ground-truth records have no prediction (scored as wrong), e.g. %s",
             len(missing_keys),
             missing_keys[:3],
         )
-    if counts["n_extra_predictions"]:
-        log.warning("%d predictions match no ground-truth record (ignored)", counts["n_extra_predictions"])
     reports = [it for it in items if TASKS[it.task].judged]
     if green_fn is not None and reports:
         scores = green_fn([it.gt for it in reports], [it.pred for it in reports])
@@ -326,7 +353,29 @@ def score_records(
             raise ValueError(f"green_fn returned {len(scores)} scores for {len(reports)} reports")
         for it, score in zip(reports, scores):
             it.green = score
-    return _assemble(items, counts, n_gt_skipped, green_fn is not None)
+    return _with_vocabulary_findings(_assemble(items, counts, n_gt_skipped, green_fn is not None), vocabulary)
+
+
+def _vocabulary_entry(dataset: str, task: str, record: dict, pred: dict | None) -> list[VocabularyEntry]:
+    """The vocabularies of an option task's reference and answer (``[]`` for the other task types)."""
+    if not TASKS[task].has_vocabulary or pred is None:
+        return []
+    t, question = TASKS[task], record.get("Question")
+    kinds = (t.answer_kind(record["Answer"], question), t.answer_kind(pred.get("Answer"), question))
+    return [VocabularyEntry(dataset, task, *kinds)]
+
+
+def _with_vocabulary_findings(result: dict[str, Any], entries: list[VocabularyEntry]) -> dict[str, Any]:
+    """``result`` with ``vocabulary_findings`` (how each option dataset's references and answers are written,
+    :func:`qwenvl.flare.vocabulary.vocabulary_findings`) and a note for each dataset whose answers are in
+    another vocabulary than their references. The scores are the challenge's, unchanged."""
+    findings = vocabulary_findings(entries)
+    result["vocabulary_findings"] = findings
+    result["notes"] = [*result.get("notes", []), *(f["note"] for f in findings if "note" in f)]
+    for f in findings:
+        if "note" in f:
+            log.warning("%s", f["note"])
+    return result
 
 
 def _assemble(
@@ -360,11 +409,241 @@ def _assemble(
     return result
 
 
-def score_files(
-    predictions: str | Path, ground_truth: str | Path, green_model: str | Path | None = None
+# ---------------------------------------------------------------------------------------------------------
+# The headline: the organisers' record set and rules
+# ---------------------------------------------------------------------------------------------------------
+
+ORGANISERS_FOLDER = SPLIT_FOLDERS["val"]  # validation-public: the one folder the organisers' script reads
+ORGANISERS = "organisers"  # record_set["rules"] of a headline (score_organisers)
+TOOLKIT = "toolkit"  # record_set["rules"] of the toolkit's record sets (score_records)
+
+
+def organisers_key(record: dict) -> tuple[str, str]:
+    """The key the organisers' evaluation script matches records by: ``ImageName`` (else ``image``, else
+    empty) and ``Question``, each as Python's ``str()`` writes it: the exact text, nothing trimmed, a list of
+    images as ``['a.png', 'b.png']`` (so their order matters)."""
+    return str(record.get("ImageName", record.get("image", ""))), str(record.get("Question", ""))
+
+
+def organisers_folder(path: str | Path) -> Path:
+    """The folder the headline reads for ``path``: ``path`` itself, or its ``validation-public`` child when it
+    has one (the raw root, which the organisers' script takes as ``--base_dataset_path``)."""
+    root = Path(path).expanduser()
+    if root.is_dir() and root.name != ORGANISERS_FOLDER and (root / ORGANISERS_FOLDER).is_dir():
+        return root / ORGANISERS_FOLDER
+    return root
+
+
+@dataclass
+class OrganisersGroundTruth:
+    """Everything the organisers' script reads as ground truth: each item of each ``*.json`` file below the
+    ``roots`` (a file holding one object gives that object), in reading order (sorted paths), with its
+    dataset (the file's folder name)."""
+
+    roots: list[Path]
+    records: list[tuple[str, Any]] = field(default_factory=list)
+    n_files: int = 0
+    unreadable: list[str] = field(default_factory=list)  # "<file>: <why>", skipped with a warning
+
+
+def load_organisers_ground_truth(paths: str | Path | Sequence[str | Path]) -> OrganisersGroundTruth:
+    """The headline's ground truth: every ``*.json`` below each path (:func:`organisers_folder`: a raw root
+    stands for its ``validation-public``; a single question file is read alone), as the organisers' script
+    reads it: files that are not JSON are skipped with a warning (its own behaviour), nothing is filtered
+    here (:func:`score_organisers` applies the rules). Paths are read in sorted order, so of two records of
+    one key the later file's wins (``X_withGT.json`` after ``X.json``); the organisers' script reads in the
+    file system's order. Raises ``FileNotFoundError`` for a missing path or a folder without JSON files."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    truth = OrganisersGroundTruth([organisers_folder(p) for p in items])
+    for root in truth.roots:
+        if not root.exists():
+            raise FileNotFoundError(f"ground truth not found: {root}")
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*.json") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{root}: no JSON files (expected the raw tree's {ORGANISERS_FOLDER})")
+        if root.is_dir() and root.name != ORGANISERS_FOLDER:
+            log.warning(
+                "%s is not a %s folder: the organisers' rules on other records than theirs",
+                root,
+                ORGANISERS_FOLDER,
+            )
+        for file in files:
+            try:
+                data = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                log.warning(
+                    "%s: not readable JSON (%s); skipped, as the organisers' script skips it", file, exc
+                )
+                truth.unreadable.append(f"{file}: {exc}")
+                continue
+            truth.n_files += 1
+            dataset = _dataset_from_file_name(file) if root.is_file() else file.parent.name
+            truth.records += [(dataset, item) for item in (data if isinstance(data, list) else [data])]
+    return truth
+
+
+def score_organisers(
+    ground_truth: OrganisersGroundTruth,
+    pred_records: Sequence[dict],
+    green_fn: GreenFn | None = None,
+    expected_missing: bool = False,
 ) -> dict[str, Any]:
-    """``score_records`` on a predictions file and a ground-truth file or tree; with ``green_model`` (a
-    local folder) report groups also get the GREEN score."""
+    """The headline: ``pred_records`` scored on exactly the records the organisers' evaluation script scores,
+    by its rules (``docs/metrics.md``, "The headline"):
+
+    - ground truth and predictions are each keyed by :func:`organisers_key`; of several records (or
+      predictions) with one key the last is kept (``n_duplicate_gt_keys``, ``n_duplicate_prediction_keys``);
+    - a kept record without a ``TaskType`` (empty, or an item that is no record, as in a report JSON) is not
+      scored (``n_no_task_type``); the task type is its ``TaskType`` stripped and lower-cased, one not among
+      the seven is skipped (``n_unknown_task_type``); a record with an empty ``Answer`` is not labelled and
+      skipped (``n_unlabelled``; none in the published ``validation-public``);
+    - a record without a prediction is **left out of the score** (the organisers' "unmatched samples"):
+      ``n_missing_predictions``, per dataset in ``record_set.missing_by_dataset``, per group ``n_left_out``,
+      with a warning (a submission that lacks them loses them); ``expected_missing`` (an evaluation of a
+      chosen subset) logs it as information instead;
+    - a prediction of a key the ground truth lacks is ignored (``n_extra_predictions``).
+
+    The metrics are the scoring library's (the same as :func:`score_records`); the result's ``record_set``
+    names the rules, the folders and these counts."""
+    _check_predictions(pred_records)
+    gt_by_key: dict[tuple[str, str], tuple[str, dict]] = {}
+    n_objects = n_no_task_type = 0
+    for dataset, item in ground_truth.records:
+        if not isinstance(item, dict):
+            n_no_task_type += 1
+            continue
+        n_objects += 1
+        gt_by_key[organisers_key(item)] = (dataset, item)
+    pred_by_key = {organisers_key(rec): rec for rec in pred_records}
+    pairs: list[tuple[str, str, dict, dict | None]] = []
+    missing: dict[tuple[str, str], int] = defaultdict(int)
+    unknown: dict[str, int] = defaultdict(int)
+    n_unlabelled = 0
+    for key, (dataset, record) in gt_by_key.items():
+        raw_type = record.get("TaskType")
+        if not isinstance(raw_type, str) or not raw_type.strip():
+            n_no_task_type += 1
+            continue
+        task = raw_type.strip().lower()
+        if task not in TASK_TYPES:
+            unknown[raw_type] += 1
+            continue
+        if is_empty_answer(record.get("Answer")):
+            n_unlabelled += 1
+            continue
+        pred = pred_by_key.get(key)
+        if pred is None:
+            missing[(dataset, task)] += 1
+            continue
+        pairs.append((dataset, task, record, pred))
+    n_extra = sum(1 for key in pred_by_key if key not in gt_by_key)
+    roots = ", ".join(str(r) for r in ground_truth.roots)
+    if unknown:
+        log.warning("%s: records of unknown task types, not scored: %s", roots, dict(unknown))
+    if n_unlabelled:
+        log.warning("%s: %d records with an empty Answer are not labelled: not scored", roots, n_unlabelled)
+    if n_no_task_type:
+        log.warning(
+            "%s: %d items without a TaskType (not question records): not scored", roots, n_no_task_type
+        )
+    if n_extra:
+        log.warning("%d predictions match no record of %s (ignored)", n_extra, roots)
+    n_dup_gt, n_dup_pred = n_objects - len(gt_by_key), len(pred_records) - len(pred_by_key)
+    if n_dup_gt or n_dup_pred:
+        log.warning(
+            "keys (ImageName, Question) shared by several records: the last one kept, as the organisers' script "
+            "keeps it: %d ground-truth records and %d predictions not used",
+            n_dup_gt,
+            n_dup_pred,
+        )
+    counts = {"n_extra_predictions": n_extra, "n_reused_predictions": 0}
+    result = _score_pairs(pairs, counts, sum(unknown.values()), green_fn)
+    result["n_gt_skipped"] += n_unlabelled
+    by_dataset: dict[str, int] = defaultdict(int)
+    for (dataset, _), n in missing.items():
+        by_dataset[dataset] += n
+    listed: dict[str, int] = defaultdict(int)  # left out of the groups that are scored, per task type
+    for group in result["by_dataset"].values():
+        group.pop("n_missing", None)
+        group["n_left_out"] = missing.get((group["dataset"], group["task_type"]), 0)
+        listed[group["task_type"]] += group["n_left_out"]
+    for task, group in result["by_task"].items():
+        group.pop("n_missing", None)
+        group["n_left_out"] = listed[task]
+    scored_datasets = {g["dataset"] for g in result["by_dataset"].values()}
+    result["n_missing_predictions"] = sum(missing.values())
+    result["record_set"] = {
+        "rules": ORGANISERS,
+        "title": "the organisers' record set",
+        "ground_truth": [str(r) for r in ground_truth.roots],
+        "missing_predictions": "left out",
+        "n_files": ground_truth.n_files,
+        "unreadable_files": ground_truth.unreadable,
+        "n_records_read": len(ground_truth.records),
+        "n_duplicate_gt_keys": n_dup_gt,
+        "n_duplicate_prediction_keys": n_dup_pred,
+        "n_no_task_type": n_no_task_type,
+        "n_unknown_task_type": sum(unknown.values()),
+        "n_unlabelled": n_unlabelled,
+        "missing_by_dataset": dict(sorted(by_dataset.items())),
+        "datasets_without_predictions": sorted(set(by_dataset) - scored_datasets),
+    }
+    if missing:
+        log.log(
+            logging.INFO if expected_missing else logging.WARNING,
+            "%d ground-truth records of %s have no prediction: left out of the headline score, as the "
+            "organisers' script leaves them out (a submission without them loses them): %s",
+            result["n_missing_predictions"],
+            roots,
+            missing_text(result["record_set"]),
+        )
+    return result
+
+
+def missing_text(record_set: dict[str, Any], limit: int = 6) -> str:
+    """``retino 42, BUSI-det 8; 14 datasets without any prediction (fundus 48, ...)``: the headline's
+    left-out records, in the datasets it scores, then the datasets it does not score at all."""
+
+    def listing(items: list[tuple[str, int]]) -> str:
+        items = sorted(items, key=lambda kv: (-kv[1], kv[0]))
+        text = ", ".join(f"{name} {n}" for name, n in items[:limit])
+        return text + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+    missing = record_set.get("missing_by_dataset", {})
+    absent = set(record_set.get("datasets_without_predictions", []))
+    parts = []
+    partly = [(d, n) for d, n in missing.items() if d not in absent]
+    if partly:
+        parts.append("in the datasets scored: " + listing(partly))
+    if absent:
+        parts.append(
+            f"{len(absent)} datasets without any prediction: " + listing([(d, missing[d]) for d in absent])
+        )
+    return "; ".join(parts)
+
+
+def toolkit_record_set(metrics: dict[str, Any], title: str, **details: Any) -> dict[str, Any]:
+    """``metrics`` (of :func:`score_records`) labelled as a toolkit record set: ``record_set`` with the rules,
+    a ``title`` for its table and ``details`` (ground truth, sources...)."""
+    metrics["record_set"] = {
+        "rules": TOOLKIT,
+        "title": title,
+        "missing_predictions": "scored as wrong",
+        **details,
+    }
+    return metrics
+
+
+def score_files(
+    predictions: str | Path,
+    ground_truth: str | Path,
+    green_model: str | Path | None = None,
+    extra_ground_truth: str | Path | None = None,
+) -> dict[str, Any]:
+    """What ``score_predictions.py`` prints: the headline (:func:`score_organisers` on ``ground_truth``, the
+    raw tree's ``validation-public`` or the tree itself) and, with ``extra_ground_truth`` (e.g. a folder of
+    ``_withGT`` files), the toolkit's scores on it under ``extra``. With ``green_model`` (a local folder)
+    report groups also get the GREEN score."""
     green_fn: GreenFn | None = None
     if green_model is not None:
         model_dir = Path(green_model).expanduser()
@@ -374,7 +653,14 @@ def score_files(
         def green_fn(refs: list[str], hyps: list[str | None]) -> list[float | None]:
             return M.green_scores(refs, hyps, str(model_dir))
 
-    return score_records(load_ground_truth(ground_truth), load_predictions(predictions), green_fn=green_fn)
+    preds = load_predictions(predictions)
+    headline = score_organisers(load_organisers_ground_truth(ground_truth), preds, green_fn=green_fn)
+    if extra_ground_truth is not None:
+        extra = score_records(load_ground_truth(extra_ground_truth), preds, green_fn=green_fn)
+        headline["extra"] = toolkit_record_set(
+            extra, f"the answered records of {extra_ground_truth}", ground_truth=[str(extra_ground_truth)]
+        )
+    return headline
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -391,18 +677,72 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def metrics_markdown(metrics: dict[str, Any]) -> str:
-    """Markdown tables: one per task type, with an ``all`` row and one row per dataset."""
-    lines = [
-        "# FLARE25 scores",
+def _headline_lines(metrics: dict[str, Any]) -> list[str]:
+    rs = metrics["record_set"]
+    roots = ", ".join(f"`{r}`" for r in rs.get("ground_truth", []))
+    n_missing = metrics["n_missing_predictions"]
+    if n_missing:
+        missing = (
+            f"**Ground truth without a prediction: {n_missing} records: left out of these scores as the "
+            "organisers' script leaves them out; a submission without them loses them** "
+            f"({missing_text(rs)})."
+        )
+    else:
+        missing = "Every ground-truth record has a prediction."
+    return [
+        "# Headline: FLARE25 scores on the organisers' record set",
         "",
+        f"The records and rules of the organisers' evaluation script: every record under {roots}, one per "
+        "(ImageName, Question) with the last of duplicates kept, predictions matched on that key (the last "
+        f"of duplicates). Scored: {metrics['n_gt']} records. {missing} Extra predictions (ignored): "
+        f"{metrics['n_extra_predictions']}. Duplicate keys, the last kept: ground truth "
+        f"{rs.get('n_duplicate_gt_keys', 0)}, predictions {rs.get('n_duplicate_prediction_keys', 0)}. Not "
+        f"scored: {rs.get('n_no_task_type', 0)} without a task type, {metrics.get('n_gt_skipped', 0)} skipped "
+        "(unknown task type, no answer, an unreadable reference)." + _other_predictions_text(rs),
+    ]
+
+
+def _other_predictions_text(rs: dict[str, Any]) -> str:
+    n, shared = rs.get("n_predictions_other_folders"), rs.get("n_predictions_other_folders_sharing_keys")
+    if not n:
+        return ""
+    text = f" Predictions of records from other folders (the extra table's), not used here: {n}"
+    if shared:
+        text += (
+            f"; **{shared} share their key with a record here**, so the organisers' script given every "
+            "prediction would score those records with the later answer, about another image"
+        )
+    return text + "."
+
+
+def _toolkit_lines(metrics: dict[str, Any]) -> list[str]:
+    rs = metrics.get("record_set") or {}
+    counts = (
         f"Ground-truth records scored: {metrics['n_gt']}; with a prediction: {metrics['n_matched']}; "
         f"missing predictions (scored as wrong): {metrics['n_missing_predictions']}; extra predictions "
-        f"(ignored): {metrics['n_extra_predictions']}; ground truth skipped: {metrics.get('n_gt_skipped', 0)}.",
-    ]
+        f"(ignored): {metrics['n_extra_predictions']}; ground truth skipped: {metrics.get('n_gt_skipped', 0)}."
+    )
+    if "title" not in rs:
+        return ["# FLARE25 scores", "", counts]
+    lines = [f"# Extra: FLARE25 scores on {rs['title']}", ""]
+    if rs.get("no_headline"):
+        lines += [f"**No headline**: {rs['no_headline']}", ""]
+    lines.append(
+        "Not the organisers' record set: the toolkit's rules (every record scored, records sharing a key "
+        f"paired in order, a missing prediction scored as wrong). {counts}"
+    )
+    return lines
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    """Markdown of one record set: a title and its counts (the headline's, :func:`score_organisers`, or an
+    extra one's), then one table per task type, with an ``all`` row and one row per dataset."""
+    headline = (metrics.get("record_set") or {}).get("rules") == ORGANISERS
+    lines = _headline_lines(metrics) if headline else _toolkit_lines(metrics)
+    missing_column = "n_left_out" if headline else "n_missing"
     for task, overall in metrics["by_task"].items():
         cols = [c for c in TASKS[task].metric_columns if c in overall]
-        header = ["scope", "n", *cols, "n_unparsable", "n_missing"]
+        header = ["scope", "n", *cols, "n_unparsable", missing_column]
         lines += ["", f"## {task}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         rows = [("**all**", overall)] + [
             (name, g) for name, g in metrics["by_dataset"].items() if g["task_type"] == task
@@ -412,3 +752,33 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
         if TASKS[task].note:
             lines += ["", f"_{TASKS[task].note}_"]
     return "\n".join(lines) + "\n"
+
+
+def main_scores(metrics: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{scope: (n, main metric value)}`` per task type (``all <task>``) and per dataset group, values
+    rounded to 9 decimals (the same records summed in another order are the same score)."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for section, prefix in (("by_task", "all "), ("by_dataset", "")):
+        for name, group in metrics.get(section, {}).items():
+            task = TASKS.get(name if section == "by_task" else group.get("task_type", ""))
+            if task is not None:
+                value = group.get(task.main_metric)
+                out[prefix + name] = (group.get("n"), round(value, 9) if isinstance(value, float) else value)
+    return out
+
+
+def scores_markdown(metrics: dict[str, Any]) -> str:
+    """The headline's tables first, then the extra record set's (``metrics["extra"]``), or one sentence when
+    it scores exactly as the headline does, group by group (same record counts, same main metrics)."""
+    text = metrics_markdown(metrics)
+    extra = metrics.get("extra")
+    if not extra:
+        return text
+    if main_scores(extra) == main_scores(metrics):
+        title = (extra.get("record_set") or {}).get("title", "the extra record set")
+        return (
+            text
+            + f"\n# Extra: FLARE25 scores on {title}\n\nThe same number of records in every group as the "
+            "headline, with the same scores: the tables are not repeated.\n"
+        )
+    return text + "\n" + metrics_markdown(extra)

@@ -23,10 +23,17 @@ What it does, in order:
    greedy, and whatever decoding constraint it applies) on a checkpoint loaded by
    :func:`~qwenvl.eval.generate.load_for_generation` (its training pixel limits; a GPU when present, bf16);
 4. writes each answer as its task type's challenge answer (:func:`qwenvl.eval.predictions.challenge_answer`:
-   the option letter, a number, boxes mapped from the 0-1000 grid back to original-image PIXELS) and checks it
-   with the scorer's own reader (``TaskType.parse``). An answer that does not parse is replaced by the task's
-   :meth:`~qwenvl.flare.tasks.base.TaskType.fallback_answer` (the first offered option, ``0``, ``[]``,
-   ``{}``...): the organisers' scorer must read every answer, and one non-number makes a task's MAE infinite.
+   an option answer in its dataset's answer vocabulary, a number, boxes mapped from the 0-1000 grid back to
+   original-image PIXELS) and checks it with the scorer's own reader (``TaskType.parse``). An answer that does
+   not parse is replaced by the task's :meth:`~qwenvl.flare.tasks.base.TaskType.fallback_answer` (the first
+   offered option, ``0``, ``[]``, ``{}``...): the organisers' scorer must read every answer, and one
+   non-number makes a task's MAE infinite.
+
+The answer vocabulary of an option task (:mod:`qwenvl.flare.vocabulary`: option letters or texts, the
+separator of a label set) is the checkpoint's for a dataset it was trained on (``run_info.json``), else the one
+the question states (``Separate letters with commas``), else the task type's default; the summary lists, per
+dataset and task type, which rule applied (``answer_vocabulary``). The decoding pattern admits exactly that
+vocabulary.
 
 Records whose images cannot be read are answered from the question alone and named in a warning: the
 readable images are kept, and with none the model answers the text alone (for numbers and reports a guess
@@ -49,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qwenvl.eval.backends import add_generation_flags
 from qwenvl.flare.images import inspect_image
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.parsing import clean_text
@@ -56,6 +64,7 @@ from qwenvl.flare.raw import QuestionFileError, read_question_file
 from qwenvl.flare.runfiles import EVAL_PREDICTIONS
 from qwenvl.flare.schema import BOX_PIXEL, BOX_QWEN1000, IMAGE_TAG
 from qwenvl.flare.tasks import TASKS, normalize_task_type
+from qwenvl.flare.vocabulary import vocabulary_summary
 
 log = logging.getLogger("qwenvl.submission")
 
@@ -185,7 +194,7 @@ def read_inputs(input_dir: str | os.PathLike, box_format: str) -> list[Item]:
 def answer_items(items: Sequence[Item], generator: Any) -> None:
     """Generate for the items that have a record and set every item's ``answer``."""
     from qwenvl.eval.generate import as_generation
-    from qwenvl.eval.predictions import challenge_answer
+    from qwenvl.eval.predictions import challenge_answer, record_vocabulary
 
     asked = [item for item in items if item.record is not None]
     generations = list(generator([item.record for item in asked])) if asked else []
@@ -210,7 +219,8 @@ def answer_items(items: Sequence[Item], generator: Any) -> None:
         if task is None:
             item.answer = clean_text(gen.text) if gen is not None and gen.error is None else ""
         elif answer is None or task.parse(answer, question) is None:
-            item.answer = task.fallback_answer(question)
+            found = record_vocabulary(item.record) if item.record is not None else None
+            item.answer = task.fallback_answer(question, found[0] if found else None)
             item.notes.append(FALLBACK)
             if gen is not None and gen.error is None:
                 log.info(
@@ -222,6 +232,34 @@ def answer_items(items: Sequence[Item], generator: Any) -> None:
                 )
         else:
             item.answer = answer
+
+
+def with_vocabularies(items: Sequence[Item], model_path: str) -> None:
+    """Resolve each option-task record's answer vocabulary once (the checkpoint's for a dataset it was trained
+    on, else the question's instruction, else the task default:
+    :func:`qwenvl.eval.constrained.answer_vocabulary`) and keep it in the record's ``meta``."""
+    from qwenvl.eval.constrained import trained_vocabularies, with_answer_vocabulary
+
+    trained = trained_vocabularies(model_path)
+    for item in items:
+        if item.record is not None:
+            item.record = with_answer_vocabulary([item.record], trained)[0]
+
+
+def submission_vocabularies(items: Sequence[Item]) -> dict[str, dict[str, Any]]:
+    """Per ``dataset/task type`` of the option tasks: the vocabulary the answers were written in, the rule
+    that chose it, the records and the answers not in it (:func:`qwenvl.flare.vocabulary.vocabulary_summary`)."""
+    from qwenvl.eval.predictions import in_vocabulary, record_vocabulary
+
+    answers = []
+    for item in items:
+        found = record_vocabulary(item.record) if item.record is not None else None
+        if found is not None and item.record is not None:
+            meta = item.record["meta"]
+            vocabulary = {**found[0].as_record(), "rule": found[1]}
+            inside = in_vocabulary(item.answer, item.record)
+            answers.append((meta["dataset"], meta["task_type"], vocabulary, inside))
+    return vocabulary_summary(answers)
 
 
 def predictions(items: Sequence[Item]) -> list[Any]:
@@ -236,7 +274,7 @@ class SubmissionOptions:
     input_dir: str = DEFAULT_INPUT_DIR
     output_dir: str = DEFAULT_OUTPUT_DIR
     model_path: str = DEFAULT_MODEL_PATH
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the backend's default
     box_format: str = BOX_QWEN1000
     max_new_tokens: int | None = None
     min_pixels: int | None = None
@@ -244,6 +282,7 @@ class SubmissionOptions:
     dtype: str | None = None
     device: str | None = None
     progress: bool = True
+    backend: str = "hf"  # hf | vllm (the image built with BACKEND=vllm: docker/Dockerfile)
 
 
 def run_submission(options: SubmissionOptions, generator: Any = None) -> dict:
@@ -251,17 +290,15 @@ def run_submission(options: SubmissionOptions, generator: Any = None) -> dict:
     (records -> texts) replaces the checkpoint, for tests."""
     t0 = time.time()
     items = read_inputs(options.input_dir, options.box_format)
+    with_vocabularies(items, options.model_path)
     info: dict[str, Any] = {}
     if generator is None:
-        from qwenvl.eval.generate import BatchGenerator, load_for_generation
+        from qwenvl.eval.backends import load_generator_for
 
-        loaded = load_for_generation(
-            options.model_path, options.min_pixels, options.max_pixels, options.dtype, options.device
-        )
-        info = {"device": loaded.device, "dtype": loaded.dtype, "pixel_limits": vars(loaded.pixel_limits)}
-        generator = BatchGenerator(
-            loaded.model, loaded.processor, options.batch_size, options.max_new_tokens, options.progress
-        )
+        # --no_progress: no bar at all, transformers' weight loading included
+        loaded = load_generator_for(options, progress=options.progress)
+        info = loaded.info([item.record for item in items if item.record is not None])
+        generator = loaded.generator
     t1 = time.time()
     answer_items(items, generator)
     out = Path(options.output_dir) / EVAL_PREDICTIONS
@@ -273,6 +310,7 @@ def run_submission(options: SubmissionOptions, generator: Any = None) -> dict:
         "files": len({item.file for item in items}),
         "by_task_type": dict(Counter(_task_name(item.raw) for item in items)),
         "notes": {k: notes[k] for k in (NO_IMAGE, UNKNOWN_TASK, FALLBACK, NOT_A_RECORD) if notes[k]},
+        "answer_vocabulary": submission_vocabularies(items),
         "generation_seconds": round(time.time() - t1, 2),
         "total_seconds": round(time.time() - t0, 2),
         **info,
@@ -297,7 +335,8 @@ def parse_args(argv: list[str] | None = None) -> SubmissionOptions:
     p.add_argument(
         "--model_path", default=env.get("MODEL_PATH", DEFAULT_MODEL_PATH), help="default: $MODEL_PATH"
     )
-    p.add_argument("--batch_size", type=int, default=8, help="records per generate call")
+    # --backend (default $BACKEND), --batch_size, --min/max_pixels, --dtype, --device
+    add_generation_flags(p, backend_env="BACKEND")
     p.add_argument(
         "--box_format",
         default=BOX_QWEN1000,
@@ -305,10 +344,6 @@ def parse_args(argv: list[str] | None = None) -> SubmissionOptions:
         help="how the checkpoint was trained to write boxes (the converter's --box_format)",
     )
     p.add_argument("--max_new_tokens", type=int, default=None, help="default: each task type's budget")
-    p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
-    p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
-    p.add_argument("--dtype", default=None, help="default: bf16 on GPU, fp32 on CPU")
-    p.add_argument("--device", default=None, help="default: cuda when available")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     return SubmissionOptions(
@@ -323,6 +358,7 @@ def parse_args(argv: list[str] | None = None) -> SubmissionOptions:
         dtype=a.dtype,
         device=a.device,
         progress=not a.no_progress,
+        backend=a.backend,
     )
 
 
@@ -333,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = run_submission(options)
-    except (FileNotFoundError, ModelNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ModelNotFoundError, ValueError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
