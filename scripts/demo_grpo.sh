@@ -31,7 +31,7 @@ command -v nvidia-smi >/dev/null 2>&1 || export DS_ACCELERATOR=${DS_ACCELERATOR:
 PIXELS=(MIN_PIXELS=1024 MAX_PIXELS=4096)   # 1-4 visual tokens per image: enough for the drawn class cue
 COMMON=(SEED=${DEMO_GRPO_SEED:-42} TUNE_MM_VISION=True SAVE_STEPS=100000 GRADIENT_CHECKPOINTING=False
     DEEPSPEED=none REPORT_TO=none NPROC_PER_NODE=1)
-py() { "${RUN[@]}" python "$@"; }
+py() { "${PY[@]}" "$@"; }
 step() { printf '\n==== %s ====\n' "$*"; }
 
 if [ ! -f "$DEMO_DIR/model/config.json" ] || [ ! -d "$FLARE25_CONVERTED_DIR" ]; then

@@ -9,7 +9,10 @@
 #   MODEL_PATH=output/qwen3vl_flare25_starter NUM_GENERATIONS=8 bash scripts/grpo_qwen3_4b_flare.sh --iou_schedule True
 # MODEL_PATH is usually an SFT checkpoint: a model that never answers in a valid form earns reward 0 on every
 # completion and GRPO learns nothing from it. DRY_RUN=1 trains DRY_RUN_STEPS (3) steps into a temporary folder
-# (no checkpoint kept) and prints the rewards of each step. Rollouts use transformers' generate (no vLLM).
+# (no checkpoint kept) and prints the rewards of each step. Rollouts use transformers' generate; USE_VLLM=True
+# samples them with vLLM (TRL's colocated engine by default), from the vLLM environment:
+#   python3 -m uv sync --project envs/vllm
+#   PYTHON=envs/vllm/.venv/bin/python USE_VLLM=True bash scripts/grpo_qwen3_4b_flare.sh
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/_torchrun.sh"
 probe_machine
@@ -41,8 +44,9 @@ SAVE_STEPS=${SAVE_STEPS:-100}
 SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 MAX_LENGTH=${MAX_LENGTH:-4096}
-MAX_PIXELS=${MAX_PIXELS:-50176}
-MIN_PIXELS=${MIN_PIXELS:-784}
+PIXEL_POLICY=${PIXEL_POLICY:-auto}                    # auto: the SFT checkpoint's per-dataset image budgets
+MAX_PIXELS=${MAX_PIXELS:-}                            # set: one budget for every image (as SFT's)
+MIN_PIXELS=${MIN_PIXELS:-}
 WARMUP_RATIO=${WARMUP_RATIO:-0.0}
 LR_SCHEDULER=${LR_SCHEDULER:-constant}
 MAX_GRAD_NORM=${MAX_GRAD_NORM:-1.0}
@@ -64,6 +68,10 @@ LORA_ALPHA=${LORA_ALPHA:-128}
 LORA_DROPOUT=${LORA_DROPOUT:-0.05}
 LORA_VISION=${LORA_VISION:-False}
 BF16=${BF16:-$([ "$BF16_OK" = 1 ] && echo True || echo False)}
+USE_VLLM=${USE_VLLM:-False}                           # True: vLLM rollouts (PYTHON=envs/vllm/.venv/bin/python)
+VLLM_MODE=${VLLM_MODE:-colocate}                      # colocate: an engine in each process; server: trl vllm-serve
+VLLM_GPU_MEMORY_UTILIZATION=${VLLM_GPU_MEMORY_UTILIZATION:-0.3}   # colocate: the GPU share of each engine
+VLLM_MAX_MODEL_LENGTH=${VLLM_MAX_MODEL_LENGTH:-$((MAX_LENGTH + MAX_COMPLETION_LENGTH))}  # prompt + completion
 DRY_RUN=${DRY_RUN:-0}
 DRY_RUN_STEPS=${DRY_RUN_STEPS:-3}
 
@@ -93,7 +101,7 @@ args=(
     --iou_schedule "$IOU_SCHEDULE"
     --learning_rate "$LR" --warmup_ratio "$WARMUP_RATIO"
     --lr_scheduler_type "$LR_SCHEDULER" --max_grad_norm "$MAX_GRAD_NORM"
-    --model_max_length "$MAX_LENGTH" --max_pixels "$MAX_PIXELS" --min_pixels "$MIN_PIXELS"
+    --model_max_length "$MAX_LENGTH" --pixel_policy "$PIXEL_POLICY"
     --gradient_checkpointing "$GRADIENT_CHECKPOINTING"
     "${save[@]}"
     --logging_steps "$LOGGING_STEPS"
@@ -105,6 +113,10 @@ args=(
 [ "$LORA_ENABLE" = True ] && args+=(--lora_enable True --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA"
     --lora_dropout "$LORA_DROPOUT" --lora_vision "$LORA_VISION")
 [ "$DEEPSPEED" != "none" ] && args+=(--deepspeed "$DEEPSPEED")
+[ "$USE_VLLM" = True ] && args+=(--use_vllm True --vllm_mode "$VLLM_MODE"
+    --vllm_gpu_memory_utilization "$VLLM_GPU_MEMORY_UTILIZATION" --vllm_max_model_length "$VLLM_MAX_MODEL_LENGTH")
+[ -n "$MAX_PIXELS" ] && args+=(--max_pixels "$MAX_PIXELS")
+[ -n "$MIN_PIXELS" ] && args+=(--min_pixels "$MIN_PIXELS")
 [ -n "$MM_PROJECTOR_LR" ] && args+=(--mm_projector_lr "$MM_PROJECTOR_LR")
 [ -n "$VISION_TOWER_LR" ] && args+=(--vision_tower_lr "$VISION_TOWER_LR")
 
@@ -119,10 +131,11 @@ Qwen3-VL GRPO (second stage)$([ "$DRY_RUN" = 1 ] && echo "   DRY RUN: $DRY_RUN_S
   device       $device
   processes    $NPROC_PER_NODE per node x $NNODES node(s)   (node rank $NODE_RANK, master $MASTER_ADDR:$MASTER_PORT)
   batch        $BATCH_SIZE completions per device x $GRAD_ACCUM accumulation x $((NPROC_PER_NODE * NNODES)) processes = $prompts prompts x $NUM_GENERATIONS completions per step
-  sampling     transformers generate: temperature $TEMPERATURE, top_p $TOP_P, top_k $TOP_K, max $MAX_COMPLETION_LENGTH new tokens
+  sampling     $([ "$USE_VLLM" = True ] && echo "vLLM ($VLLM_MODE, max length $VLLM_MAX_MODEL_LENGTH)" || echo "transformers generate"): temperature $TEMPERATURE, top_p $TOP_P, top_k $TOP_K, max $MAX_COMPLETION_LENGTH new tokens
   objective    beta (KL) $BETA, rewards answer x $ANSWER_REWARD_WEIGHT + format x $FORMAT_REWARD_WEIGHT, IoU schedule $IOU_SCHEDULE
   optimisation lr $LR ($LR_SCHEDULER, warmup $WARMUP_RATIO), epochs $EPOCHS, max steps $MAX_STEPS, save every $SAVE_STEPS
   precision    bf16=$BF16   deepspeed=$DEEPSPEED   report_to=$REPORT_TO   lora=$LORA_ENABLE (r $LORA_R, alpha $LORA_ALPHA)
+  images       pixel policy $PIXEL_POLICY${MAX_PIXELS:+, max_pixels $MAX_PIXELS}${MIN_PIXELS:+, min_pixels $MIN_PIXELS}
   extra args   ${*:-none}
 ================================================================================
 EOF
@@ -132,4 +145,4 @@ if [ "$DRY_RUN" != 1 ]; then
 fi
 status=0
 (torchrun_launch qwenvl/train/grpo_qwen.py "${args[@]}" "$@") || status=$?
-"${RUN[@]}" python -m qwenvl.train.grpo_dry_run "$OUTPUT_DIR" --expected_steps "$DRY_RUN_STEPS" --exit_status "$status"
+"${PY[@]}" -m qwenvl.train.grpo_dry_run "$OUTPUT_DIR" --expected_steps "$DRY_RUN_STEPS" --exit_status "$status"

@@ -159,6 +159,8 @@ def test_benchmark_runs_every_config(bench_script, tiny_dir, demo_converted, reg
         "1024",
         "--gradient_checkpointing",
         "False",
+        "--pixel_policy",
+        "per_dataset",
         "--pipeline_samples",
         "4",
         "--output",
@@ -167,6 +169,9 @@ def test_benchmark_runs_every_config(bench_script, tiny_dir, demo_converted, reg
     assert bench_script.main(argv) == 0
     results = json.loads(out.read_text())
     assert results["data"]["samples"] == 6
+    budgets = results["data"]["pixel_budgets"]  # the dataset table's, as training's default
+    assert budgets["policy"] == "per_dataset" and budgets["datasets"]["retino"]["max_tokens"] == 256
+    assert budgets["global"]["max_pixels"] == 16384  # the fallback for datasets outside the table
     assert set(results["configs"]) == {"guide", "packed", "lora", "packed+lora"}
     for name, r in results["configs"].items():
         for field in FIELDS:

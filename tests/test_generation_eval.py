@@ -1,5 +1,6 @@
 """Generation metrics during training (qwenvl/eval/callback.py): the fixed validation subset, the ZeRO-3 shard
-plan, the logged metric names, and the callback inside a real Trainer run, format-constrained like evaluation."""
+plan, the logged metric names, and the callback inside a real Trainer run, format-constrained like evaluation,
+with the run's log and the monitor naming the records of the eval loss and of the generation metrics."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from qwenvl.eval.callback import (
 )
 from qwenvl.eval.evaluate import load_eval_records, registry_names_for
 from qwenvl.eval.generate import load_for_generation
+from qwenvl.flare.runfiles import RUN_FILE, TRAIN_LOG_JSONL, TRAIN_LOG_TEXT
+from qwenvl.flare.schema import describe_records
+from qwenvl.tools.monitor import format_snapshot, take_snapshot
 
 
 def _val(registry_at, converted: Path, names: list[str]) -> list[dict]:
@@ -112,3 +116,66 @@ def test_generation_eval_callback_inside_a_trainer_run(registry_at, demo_convert
     assert sum("loss" in entry for entry in trainer.state.log_history) == 4  # training went on
     assert model.training
     assert sorted(p.name for p in (tmp_path / "generation_eval").iterdir()) == ["step-2.json", "step-4.json"]
+
+
+def test_the_run_log_and_the_monitor_name_the_records_of_each_evaluation(
+    registry_at, demo_converted, tiny_dir, tmp_path
+):
+    """The eval loss (on --eval_dataset_use) and the generation metrics say which records they are on, in
+    train_log.jsonl, train.log, run.json and the monitor: converted records, not an evaluation's headline."""
+    from transformers import TrainingArguments
+
+    from qwenvl.data.collator import PaddedCollator
+    from qwenvl.data.dataset import build_supervised_dataset
+    from qwenvl.model import load_model, load_processor
+    from qwenvl.train.callbacks import RunRecordCallback
+    from qwenvl.train.trainer import QwenVLTrainer
+
+    registry_at(demo_converted)
+    processor = load_processor(tiny_dir, min_pixels=1024, max_pixels=16384)
+    train = build_supervised_dataset("flare_retino", processor, 4096, seed=0)
+    evaluation = build_supervised_dataset("flare_retino_val,flare_bone_marrow_val", processor, 4096, seed=0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3,
+        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, remove_unused_columns=False,
+        dataloader_num_workers=0, eval_strategy="steps", eval_steps=3, per_device_eval_batch_size=4,
+    )  # fmt: skip
+    model = load_model(tiny_dir, dtype="float32")
+    trainer = QwenVLTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=evaluation,
+        data_collator=PaddedCollator(processor.tokenizer.pad_token_id),
+    )
+    records = generation_eval_records("flare_retino", "", 3)
+    callback = GenerationEvalCallback(records, processor, eval_steps=2, log_fn=trainer.log, max_new_tokens=2)
+    trainer.add_callback(callback)
+    # the run's log names what each evaluation is on, as the recipe wires it (TrainingRecipe.record_sets)
+    named = {
+        "eval": describe_records([s.record for s in evaluation.samples]),
+        "generation": callback.record_set,
+    }
+    trainer.add_callback(RunRecordCallback(tmp_path, {}, record_sets=named))
+    trainer.train()
+    eval_text = "12 converted records of split val (validation-public 12), 2 datasets"
+    gen_text = "3 converted records of split val (validation-public 3), 1 dataset"
+    assert (named["eval"]["text"], named["generation"]["text"]) == (eval_text, gen_text)
+    assert named["eval"]["datasets"] == {"retino": 6, "bone_marrow": 6}
+    lines = [json.loads(line) for line in (tmp_path / TRAIN_LOG_JSONL).read_text().splitlines()]
+    assert [(r["step"], r["eval_records"]) for r in lines if "eval_loss" in r] == [
+        (3, eval_text),
+        (4, eval_text),
+    ]
+    assert [(r["step"], r["gen_records"]) for r in lines if "gen_records" in r] == [
+        (2, gen_text),
+        (4, gen_text),
+    ]
+    text = (tmp_path / TRAIN_LOG_TEXT).read_text()
+    assert f"eval loss on {eval_text}; generation metrics on {gen_text}" in text.splitlines()[0]
+    assert f"eval loss on {eval_text}" in text and f"generation metrics on {gen_text}" in text
+    assert json.loads((tmp_path / RUN_FILE).read_text())["evaluation_records"]["eval"]["n"] == 12
+    snap = take_snapshot(tmp_path, pid_check=False)
+    shown = format_snapshot(snap)
+    assert f"(step 4) on {eval_text}" in shown
+    assert f"Generation metrics (step 4 on {gen_text}): all_classification_balanced_accuracy" in shown

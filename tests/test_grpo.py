@@ -126,8 +126,26 @@ def test_prompts_are_the_evaluation_prompts_with_reward_columns(grpo_recipe, dem
     row = dataset[0]
     assert row["dataset"] == "flare_retino"
     record = json.loads((demo_converted / "retino_train.json").read_text())[row["index"]]
-    assert set(row) == {"prompt", "images", "reference", "task_type", "question", "dataset", "index"}
+    assert set(row) == {
+        "prompt",
+        "images",
+        "reference",
+        "task_type",
+        "question",
+        "dataset",
+        "index",
+        "vocabulary",
+    }
     assert row["reference"] == record["conversations"][1]["value"]
+    # the dataset's answer vocabulary, as the converter recorded it: what the rewards score answers in
+    assert json.loads(row["vocabulary"]) == {
+        "kind": "letters",
+        "separator": None,
+        "case": "upper",
+        "n_answers": 6,
+        "n_other": 0,
+    }
+    assert grpo_recipe.run_info["answer_vocabulary"]["retino"]["classification"]["kind"] == "letters"
     assert row["question"] == record["meta"]["question"]
     rendered = grpo_recipe.processor.apply_chat_template(
         row["prompt"], tokenize=False, add_generation_prompt=True
@@ -155,7 +173,8 @@ def test_a_record_whose_reference_does_not_parse_is_dropped_and_reported(grpo_re
     prompts = PromptSet(checked)
     assert len(prompts) == 1 and prompts.rows[0]["reference"] == "A"
     assert prompts.report["total_kept"] == 1
-    assert prompts.report["datasets"]["records"] == {"drawn": 3, "kept": 1, "dropped": {"invalid_record": 2}}
+    counts = prompts.report["datasets"]["records"]
+    assert (counts["drawn"], counts["kept"], counts["dropped"]) == (3, 1, {"invalid_record": 2})
     details = [d["detail"] for d in prompts.report["dropped"]]
     assert "does not parse" in details[0] and "segmentation" in details[1]
 

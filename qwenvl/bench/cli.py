@@ -64,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--packing_max_tokens", type=int, default=None, help="pack budget (default model_max_length)"
     )
     p.add_argument("--model_max_length", type=int, default=defaults.MODEL_MAX_LENGTH)
+    p.add_argument(
+        "--pixel_policy",
+        default="global",
+        choices=("global", "per_dataset"),
+        help="global (default): every image within --min/--max_pixels, the guide's configuration; "
+        "per_dataset: each dataset's budget from the dataset table, as training's default",
+    )
     p.add_argument("--max_pixels", type=int, default=defaults.MAX_PIXELS)
     p.add_argument("--min_pixels", type=int, default=defaults.MIN_PIXELS)
     p.add_argument("--gradient_checkpointing", type=_bool, default=True)
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             steps=args.steps,
             warmup=args.warmup,
             model_max_length=args.model_max_length,
+            pixel_policy=args.pixel_policy,
             min_pixels=args.min_pixels,
             max_pixels=args.max_pixels,
             gradient_checkpointing=args.gradient_checkpointing,

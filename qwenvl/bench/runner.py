@@ -52,6 +52,9 @@ class BenchOptions:
     steps: int = 5
     warmup: int = 1
     model_max_length: int = defaults.MODEL_MAX_LENGTH
+    pixel_policy: str = (
+        "global"  # the guide's one budget (min/max_pixels) by default; per_dataset: the table's
+    )
     min_pixels: int = defaults.MIN_PIXELS
     max_pixels: int = defaults.MAX_PIXELS
     gradient_checkpointing: bool = True
@@ -151,6 +154,14 @@ def load_processor_for(options: BenchOptions, workdir: Path) -> Any:
     if path is None:
         path = build_tiny_model(workdir / "processor_source", seed=0)
     return load_training_processor(path, options.min_pixels, options.max_pixels)
+
+
+def image_plan(options: BenchOptions) -> Any:
+    """The image budgets the benchmark's data gets: ``pixel_policy`` over its datasets, with
+    ``min_pixels`` / ``max_pixels`` as the global budget (:func:`qwenvl.data.plan_image_budgets`)."""
+    from qwenvl.data import plan_image_budgets
+
+    return plan_image_budgets(options.datasets, options.pixel_policy, options.min_pixels, options.max_pixels)
 
 
 def build_model(options: BenchOptions) -> torch.nn.Module:
@@ -331,8 +342,9 @@ def run_benchmark(options: BenchOptions, configs: list[BenchConfig], workdir: Pa
     with tempfile.TemporaryDirectory(prefix="qwenvl_bench_") as tmp:
         workdir = Path(workdir or tmp)
         processor = load_processor_for(options, workdir)
+        plan = image_plan(options)
         dataset, _ = load_training_datasets(
-            processor, options.datasets, options.model_max_length, options.seed
+            processor, options.datasets, options.model_max_length, options.seed, pixel_plan=plan
         )
         if len(dataset) == 0:
             raise ValueError(f"no sample of {options.datasets} passed the checks; see the report above")
@@ -342,6 +354,7 @@ def run_benchmark(options: BenchOptions, configs: list[BenchConfig], workdir: Pa
             "model": options.model_path or f"random init of {options.random_init}",
             "data": {
                 "datasets": options.datasets,
+                "pixel_budgets": plan.as_record(),
                 "samples": len(dataset),
                 "tokens": sum(lengths),
                 "mean_sample_tokens": round(sum(lengths) / len(lengths), 1),

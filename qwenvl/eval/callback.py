@@ -23,6 +23,11 @@ and ``max_new_tokens`` short; detection and chromosome instances (budgets of hun
 dominate the cost. Answers are format-constrained like evaluation's (``free_decoding=False``), so a metric
 never drops because an early checkpoint wrote an unparsable answer, and a constrained answer ends as soon as
 its pattern is complete.
+
+``backend="vllm"`` (``--generation_eval_backend vllm``, from the vLLM environment) answers with a vLLM engine
+built once from the run's starting checkpoint in the training process, into which the current weights are
+loaded before each evaluation (one process without ZeRO-3 or LoRA: the weights must be whole and named as in
+the checkpoint). The engine takes ``GENERATION_EVAL_VLLM_MEMORY`` of the GPU next to training.
 """
 
 from __future__ import annotations
@@ -40,11 +45,14 @@ from transformers import TrainerCallback
 
 from qwenvl.eval.generate import BatchGenerator, Generation
 from qwenvl.eval.predictions import score_generations
+from qwenvl.flare.runfiles import GENERATION_EVAL_DIR, GENERATION_PREFIX
+from qwenvl.flare.schema import describe_records
 from qwenvl.flare.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
-PREFIX = "gen_"
+PREFIX = GENERATION_PREFIX  # gen_<dataset>_<metric>, gen_all_<task>_<metric>
+GENERATION_EVAL_VLLM_MEMORY = 0.2  # share of the GPU the vLLM engine of --generation_eval_backend vllm takes
 
 
 # ---------------------------------------------------------------------------------------------- records
@@ -68,9 +76,9 @@ def generation_eval_records(
     if n_per_dataset < 1:
         raise ValueError(f"generation_eval_samples must be at least 1, got {n_per_dataset}")
     if eval_dataset_use:
-        names = [name for name, _ in parse_dataset_use(eval_dataset_use)]
+        names = [use.name for use in parse_dataset_use(eval_dataset_use)]
     else:
-        names = [t for t in (_val_twin(n) for n, _ in parse_dataset_use(dataset_use)) if t]
+        names = [t for t in (_val_twin(use.name) for use in parse_dataset_use(dataset_use)) if t]
     if not names:
         raise ValueError(
             "generation metrics need labelled validation data: convert the val split of the training datasets "
@@ -158,8 +166,13 @@ class GenerationEvalCallback(TrainerCallback):
     """Every ``eval_steps`` optimizer steps: generate on ``records`` (a fixed labelled subset), score with the
     FLARE metrics and pass ``gen_*`` values to ``log_fn`` (``trainer.log``: they reach the console, the run's
     train_log.jsonl, TensorBoard / W&B). Rank 0 also writes ``<output_dir>/generation_eval/step-N.json``.
+    ``record_set`` (:func:`~qwenvl.flare.schema.describe_records`) says what the metrics are on: the run's log
+    lines and step-N.json name it (a small converted subset, the toolkit's scores, never the headline of an
+    evaluation on the organisers' record set).
     Answers are format-constrained unless ``free_decoding``. Must run on every rank (ZeRO-3); see the module
-    docstring for the cost."""
+    docstring for the cost. ``pixel_plan``: the run's image budgets, so each record is seen as it is trained.
+    ``backend``: ``hf`` (the training model's ``generate``) or ``vllm`` (an engine built from ``model_path``,
+    the run's starting checkpoint, with the current weights loaded before each evaluation)."""
 
     def __init__(
         self,
@@ -170,30 +183,74 @@ class GenerationEvalCallback(TrainerCallback):
         batch_size: int = 4,
         max_new_tokens: int | None = None,
         free_decoding: bool = False,
+        pixel_plan: Any = None,
+        backend: str = "hf",
+        model_path: str | None = None,
     ) -> None:
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be at least 1, got {eval_steps}")
+        if backend not in ("hf", "vllm"):
+            raise ValueError(f"unknown generation backend {backend!r}; choose hf or vllm")
+        if backend == "vllm" and not model_path:
+            raise ValueError("the vllm generation backend needs model_path (the run's starting checkpoint)")
         if not records:
             raise ValueError("GenerationEvalCallback needs at least one labelled record")
         self.records = list(records)
+        self.record_set = describe_records(self.records)  # what the metrics are on, for the run's log
         self.processor = processor
         self.eval_steps = eval_steps
         self.log_fn = log_fn
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.free_decoding = free_decoding
+        self.pixel_plan = pixel_plan  # the run's image budgets (None: the processor's limits)
+        self.backend = backend
+        self.model_path = model_path
+        self.engine: Any = None  # the vLLM engine (backend vllm), built at the first evaluation
         self.history: list[dict[str, float]] = []
 
-    def evaluate(self, model: Any, step: int, output_dir: str | None = None) -> dict[str, float]:
-        """Generate, score and return the flat ``gen_*`` metrics (also kept in ``history``)."""
-        generator = BatchGenerator(
-            model,
+    def generator(self, model: Any) -> Any:
+        """The generator of one evaluation: a :class:`BatchGenerator` on ``model``, or (backend ``vllm``) the
+        engine with ``model``'s current weights loaded."""
+        if self.backend == "hf":
+            return BatchGenerator(
+                model,
+                self.processor,
+                self.batch_size,
+                self.max_new_tokens,
+                progress=False,
+                free_decoding=self.free_decoding,
+                pixel_plan=self.pixel_plan,
+            )
+        from qwenvl.eval import vllm_backend as vb
+
+        if _world()[1] > 1:
+            raise RuntimeError(
+                "--generation_eval_backend vllm runs in one training process; with several, use the hf backend"
+            )
+        device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+        problem = vb.weight_sync_problem(device)
+        if problem:
+            raise RuntimeError(f"--generation_eval_backend vllm: {problem}")
+        if self.engine is None:
+            settings = vb.EngineSettings(
+                max_num_seqs=max(self.batch_size, 8), gpu_memory_utilization=GENERATION_EVAL_VLLM_MEMORY
+            )
+            self.engine = vb.load_engine(self.model_path, device=device, settings=settings, in_process=True)
+        vb.load_weights(self.engine.llm, model)
+        return vb.VLLMGenerator(
+            self.engine.llm,
             self.processor,
-            self.batch_size,
+            self.engine.stop_ids,
             self.max_new_tokens,
             progress=False,
             free_decoding=self.free_decoding,
+            pixel_plan=self.pixel_plan,
         )
+
+    def evaluate(self, model: Any, step: int, output_dir: str | None = None) -> dict[str, float]:
+        """Generate, score and return the flat ``gen_*`` metrics (also kept in ``history``)."""
+        generator = self.generator(model)
         t0 = time.time()
         generations = generate_distributed(generator, self.records)
         seconds = time.time() - t0
@@ -203,10 +260,11 @@ class GenerationEvalCallback(TrainerCallback):
         self.history.append({"step": step, **flat})
         rank, _ = _world()
         if output_dir and rank == 0:
-            folder = Path(output_dir) / "generation_eval"
+            folder = Path(output_dir) / GENERATION_EVAL_DIR
             folder.mkdir(parents=True, exist_ok=True)
             detail = {
                 "step": step,
+                "records": self.record_set,
                 "metrics": scored.metrics,
                 "outputs": [
                     {"dataset": p.dataset, "task_type": p.task_type, "output": p.text, "parsed": p.parsed}
@@ -220,7 +278,7 @@ class GenerationEvalCallback(TrainerCallback):
         if model is None or state.global_step == 0 or state.global_step % self.eval_steps:
             return control
         flat = self.evaluate(model, state.global_step, getattr(args, "output_dir", None))
-        log.info("generation metrics at step %d: %s", state.global_step, flat)
+        log.info("generation metrics at step %d on %s: %s", state.global_step, self.record_set["text"], flat)
         if self.log_fn is not None:
             should_log = control.should_log
             self.log_fn(flat)  # trainer.log resets control.should_log: keep this step's loss line

@@ -10,11 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
+from qwenvl.eval.backends import HF, add_generation_flags
 from qwenvl.eval.baseline import BASELINES
 from qwenvl.eval.evaluate import SPLITS, EvalOptions, run_evaluation
 from qwenvl.eval.html_report import DEFAULT_SAMPLES
-from qwenvl.eval.scoring import metrics_markdown, score_files
+from qwenvl.eval.scoring import score_files, scores_markdown
 from qwenvl.flare.runfiles import EVAL_METRICS_MD
+from qwenvl.machine import require_usable_device
 
 EVALUATE_DOC = r"""Evaluate a checkpoint on FLARE25 data: generate, write challenge-format predictions, score, compare.
 
@@ -25,7 +27,11 @@ Datasets are FLARE folder names (``BUSI-det``) or registry names (``flare_busi_d
 default: every converted dataset of the split. Pixel limits default to the ones the checkpoint was trained with
 (its run_info.json, else its processor). Writes predictions.json, raw_outputs.jsonl and summary.json; for the
 labelled ``val`` split also metrics.json, metrics.md and metrics.png; always report.html, a self-contained page
-(metrics, confusion matrices, samples with boxes drawn) to open in a browser. See docs/evaluation.md.
+(metrics, confusion matrices, samples with boxes drawn) to open in a browser. Their headline is the organisers'
+number: predictions.json scored on the records and by the rules of the organisers' evaluation script (every
+record of the raw tree's validation-public; ground truth without a prediction left out and counted); the
+converted split as evaluated (validation-hidden _withGT records included) is a separate extra table. See
+docs/evaluation.md and docs/metrics.md.
 """
 
 INFER_DOC = r"""Ask a checkpoint a question about one or more images and print the answer.
@@ -43,8 +49,12 @@ SCORE_DOC = r"""Score FLARE25 challenge-format predictions against raw ground tr
     uv run python scripts/score_predictions.py --predictions predictions.json \
         --ground_truth organized_dataset/validation-public --output metrics.json
 
-Report generation gets BLEU-4 and ROUGE-L (lexical stand-ins); the GREEN score only with
-``--green_model /local/GREEN-model-folder``. Definitions: docs/metrics.md.
+The headline is the organisers' evaluation script's number: every record under --ground_truth (a raw root
+stands for its validation-public), one per (ImageName, Question) with the last of duplicates kept,
+predictions matched on that key, ground truth without a prediction left out (and counted). With
+--extra_ground_truth (e.g. organized_dataset/validation-hidden, where _withGT files exist) a separate, labelled
+table scores those records too. Report generation gets BLEU-4 and ROUGE-L (lexical stand-ins); the GREEN score
+only with ``--green_model /local/GREEN-model-folder``. Definitions: docs/metrics.md.
 """
 
 
@@ -66,9 +76,7 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
     p.add_argument("--output_dir", required=True, help="folder for predictions, raw outputs and metrics")
     p.add_argument("--datasets", nargs="+", default=None, help="default: every registered dataset of --split")
     p.add_argument("--split", default="val", choices=SPLITS, help="val (labelled, scored), val_hidden, test")
-    p.add_argument("--batch_size", type=int, default=8, help="records per generate call")
-    p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
-    p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
+    add_generation_flags(p)  # --backend, --batch_size, --min/max_pixels, --dtype, --device
     p.add_argument(
         "--max_new_tokens",
         type=int,
@@ -95,9 +103,11 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         "answers per task type of every run)",
     )
     p.add_argument(
-        "--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)"
+        "--ground_truth",
+        default=None,
+        help="the headline's ground truth, the raw tree's validation-public (default: found from the "
+        "records' meta.source_file); the organisers' script's record set and rules (docs/metrics.md)",
     )
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     p.add_argument("--attn_implementation", default=None, help="sdpa (default), flash_attention_2, eager")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -115,6 +125,8 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
     a = p.parse_args(argv)
     if (a.model_path is None) == (a.baseline is None):
         p.error("give --model_path (a checkpoint to evaluate) or --baseline constant, not both")
+    if a.baseline is not None and a.backend != HF:
+        p.error("--baseline answers without a model: --backend does not apply")
     if a.report_samples < 0:
         p.error(f"--report_samples must be 0 or more, got {a.report_samples}")
     return EvalOptions(
@@ -136,6 +148,8 @@ def parse_evaluate_args(argv: list[str] | None = None) -> EvalOptions:
         report_samples=a.report_samples,
         drop_leaked_val=a.drop_leaked_val,
         baseline=a.baseline,
+        backend=a.backend,
+        ground_truth=a.ground_truth,
     )
 
 
@@ -144,9 +158,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     from qwenvl.model.loading import ModelNotFoundError
 
+    if options.baseline is None:  # a model to load: not onto the CPU of a machine whose GPUs torch cannot use
+        require_usable_device()
     try:
         result = run_evaluation(options)
-    except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError) as exc:
+    except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, ImportError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", file=sys.stderr)
         return 2
     summary = result.summary
@@ -180,8 +196,15 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
         "regression, report_generation: picks the token budget and the answer parser",
     )
     p.add_argument(
+        "--dataset",
+        default=None,
+        help="the FLARE25 dataset the images come from (e.g. chromosome): they get the image budget the "
+        "checkpoint trained that dataset with (default: that of its datasets of --task_type, else its global one)",
+    )
+    p.add_argument(
         "--box_format", default="qwen1000", choices=("qwen1000", "pixel"), help="how the model writes boxes"
     )
+    add_generation_flags(p, batch_size=False)  # --backend, --min/max_pixels, --dtype, --device
     p.add_argument(
         "--max_new_tokens", type=int, default=None, help="default: the task's budget (256 without a task)"
     )
@@ -190,12 +213,6 @@ def parse_infer_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="no format constraint (by default a --task_type answer is held to that task's pattern)",
     )
-    p.add_argument("--min_pixels", type=int, default=None, help="default: the checkpoint's training value")
-    p.add_argument("--max_pixels", type=int, default=None, help="default: the checkpoint's training value")
-    p.add_argument(
-        "--dtype", default=None, help="bfloat16 | float16 | float32 (default: bf16 on GPU, fp32 on CPU)"
-    )
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available)")
     return p.parse_args(argv)
 
 
@@ -217,8 +234,10 @@ def infer_main(argv: list[str] | None = None) -> int:
             args.dtype,
             args.device,
             free_decoding=args.free_decoding,
+            dataset=args.dataset,
+            backend=args.backend,
         )
-    except (ModelNotFoundError, FileNotFoundError, ValueError) as exc:
+    except (ModelNotFoundError, FileNotFoundError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_result(result, args.box_format))
@@ -232,7 +251,14 @@ def parse_score_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--ground_truth",
         required=True,
-        help="a raw <dataset>_questions_*.json file, or a folder searched for them (e.g. validation-public)",
+        help="the headline's ground truth: the raw tree's validation-public (or the raw root holding it), "
+        "every *.json below it read as the organisers' script reads it; or one question file",
+    )
+    p.add_argument(
+        "--extra_ground_truth",
+        default=None,
+        help="more labelled records to score in a separate extra table, never in the headline: a question "
+        "file or a folder (validation-hidden with its _withGT files; X_withGT.json replaces X.json)",
     )
     p.add_argument("--output", default="metrics.json", help="where to write the metrics JSON")
     p.add_argument(
@@ -247,11 +273,11 @@ def score_main(argv: list[str] | None = None) -> int:
     args = parse_score_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        metrics = score_files(args.predictions, args.ground_truth, args.green_model)
+        metrics = score_files(args.predictions, args.ground_truth, args.green_model, args.extra_ground_truth)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(metrics_markdown(metrics))
+    print(scores_markdown(metrics))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")

@@ -14,7 +14,8 @@ Per record (:class:`AnswerPlanner`):
   is then raised, if need be, to the pattern's longest match + 1 (the end-of-turn token), so a constrained
   answer is never cut mid-structure. The hints are what that training split's answers look like
   (``TaskType.answer_hints``): the letters, labels, separator, instance ids and counts the question does not
-  give.
+  give; for option tasks also the record's answer vocabulary (:func:`answer_vocabulary`: the checkpoint's,
+  the converted data's, the question's or the task default), so the pattern admits exactly that vocabulary.
 
 Decoding (:class:`GrammarCache`, :class:`GrammarLogitsProcessor`): each pattern is compiled once by xgrammar
 against the tokenizer (vocabulary size from the model config, whose padded vocabulary is what the logits
@@ -30,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -40,8 +41,20 @@ from transformers import LogitsProcessor
 
 from qwenvl.flare.datasets import FLARE_DATASETS, registry_name
 from qwenvl.flare.patterns import NO_HINTS, AnswerHints, longest_match_bytes
+from qwenvl.flare.runfiles import read_run_info
 from qwenvl.flare.schema import BOX_QWEN1000
 from qwenvl.flare.tasks import TASKS, normalize_task_type
+from qwenvl.flare.vocabulary import (
+    META_KEY,
+    RULE_CHECKPOINT,
+    RULE_CONVERTED,
+    RULE_DEFAULT,
+    RULE_QUESTION,
+    RUN_INFO_KEY,
+    AnswerVocabulary,
+    read_vocabulary_table,
+    recorded_vocabularies,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +143,75 @@ def training_answers(record: dict) -> TrainingAnswers | None:
     return _read_training_answers(os.path.abspath(path), stat.st_mtime_ns, stat.st_size).get(task)
 
 
+# ----------------------------------------------------------------------------------- answer vocabularies
+@lru_cache(maxsize=64)
+def _converted_vocabulary(path: str, mtime_ns: int, task: str) -> AnswerVocabulary | None:
+    """The vocabulary the converter recorded for ``task`` in the converted training file ``path``
+    (``conversion_report.json``), else learnt from its answers the same way."""
+    recorded = recorded_vocabularies(path).get(task)
+    if recorded is not None:
+        return recorded
+    answers = _read_training_answers(path, mtime_ns, os.stat(path).st_size).get(task)
+    return TASKS[task].learn_vocabulary(answers.targets, answers.questions) if answers else None
+
+
+def answer_vocabulary(
+    record: dict, trained: Mapping[str, Mapping[str, AnswerVocabulary]] | None = None
+) -> tuple[AnswerVocabulary, str] | None:
+    """``(vocabulary, rule)`` of an option-task record (``None`` for the other task types), the first that
+    applies (:mod:`qwenvl.flare.vocabulary`): the one already resolved for it (``meta.answer_vocabulary``,
+    with its rule); the checkpoint's for its dataset (``trained``: run_info.json's ``answer_vocabulary``);
+    the one recorded for its dataset's converted training split; the question's own instruction; the task
+    type's default."""
+    task = record_task(record)
+    if task is None or not TASKS[task].has_vocabulary:
+        return None
+    meta = record.get("meta") or {}
+    given = meta.get(META_KEY)
+    if isinstance(given, dict):
+        return AnswerVocabulary.from_record(given), str(given.get("rule", RULE_DEFAULT))
+    dataset = str(meta.get("dataset") or (record.get("_source") or {}).get("dataset") or "")
+    known = (trained or {}).get(dataset, {}).get(task)
+    if known is not None:
+        return known, RULE_CHECKPOINT
+    answers = training_answers(record)
+    if answers is not None:
+        converted = _converted_vocabulary(answers.path, os.stat(answers.path).st_mtime_ns, task)
+        if converted is not None:
+            return converted, RULE_CONVERTED
+    question = record_question(record)
+    stated = TASKS[task].question_vocabulary(question)
+    if stated is not None:
+        return stated, RULE_QUESTION
+    return TASKS[task].default_vocabulary(question), RULE_DEFAULT
+
+
+def with_answer_vocabulary(
+    records: Sequence[dict], trained: Mapping[str, Mapping[str, AnswerVocabulary]] | None = None
+) -> list[dict]:
+    """``records`` with each option-task record's vocabulary resolved once (:func:`answer_vocabulary`) and
+    written into a copy of its ``meta`` (``answer_vocabulary``: the vocabulary and its ``rule``), so the
+    decoding pattern, the written answer and the side files all use the same one."""
+    out = []
+    for record in records:
+        found = answer_vocabulary(record, trained)
+        if found is None:
+            out.append(record)
+            continue
+        vocabulary, rule = found
+        meta = {**(record.get("meta") or {}), META_KEY: {**vocabulary.as_record(), "rule": rule}}
+        out.append({**record, "meta": meta})
+    return out
+
+
+def trained_vocabularies(model_path: str | os.PathLike | None) -> dict[str, dict[str, AnswerVocabulary]]:
+    """The answer vocabularies a checkpoint was trained with (its run_info.json), ``{}`` when it records
+    none (a base model, a baseline)."""
+    if model_path is None:
+        return {}
+    return read_vocabulary_table(read_run_info(model_path).get(RUN_INFO_KEY), f"{model_path}/run_info.json")
+
+
 # -------------------------------------------------------------------------------------------- planning
 @dataclass(frozen=True)
 class AnswerPlan:
@@ -213,16 +295,19 @@ class AnswerPlanner:
         return self.plan(record).budget
 
     def hints(self, record: dict) -> AnswerHints:
-        """What the training answers of the record's dataset and task type say, with the record's box format."""
+        """What the training answers of the record's dataset and task type say, with the record's box format
+        and, for option tasks, its answer vocabulary (:func:`answer_vocabulary`)."""
         task = record_task(record)
         box_format = (record.get("meta") or {}).get("box_format") or BOX_QWEN1000
+        found = answer_vocabulary(record)
+        vocabulary = found[0] if found is not None else None
         answers = training_answers(record) if task is not None else None
         if answers is None or task is None:
-            return replace(NO_HINTS, box_format=box_format)
+            return replace(NO_HINTS, box_format=box_format, vocabulary=vocabulary)
         key = (answers.path, task)
         if key not in self._hints:
             self._hints[key] = TASKS[task].answer_hints(answers.targets, answers.questions)
-        return replace(self._hints[key], box_format=box_format)
+        return replace(self._hints[key], box_format=box_format, vocabulary=vocabulary)
 
     def _fitted_pattern(self, record: dict, budget: int) -> str | None:
         """The record's pattern fitted to a room budget of ``budget`` new tokens, one of which the end-of-turn

@@ -1,11 +1,12 @@
-"""Batched greedy generation over converted records, with the prompts and pixel limits training used.
+"""Batched greedy generation over converted records, with the prompts and image budgets training used.
 
 A prompt is the record rendered by the training code's own :func:`qwenvl.data.processing.record_to_messages`
 minus its final assistant message, through the processor's chat template with ``add_generation_prompt=True``:
 the tokens the model saw before each answer during training (:func:`build_prompt`). Images are loaded with
-:func:`qwenvl.flare.images.load_rgb` and resized by the processor under the checkpoint's pixel limits
-(:func:`resolve_pixel_limits`: ``--min/max_pixels`` if given, else the training arguments in the checkpoint's
-``run_info.json``, else the processor's saved limits).
+:func:`qwenvl.flare.images.load_rgb` and resized by the processor within the record's image budget: the
+budget its dataset was trained with (:func:`resolve_pixel_plan`: ``--min/max_pixels`` if given, one budget for
+every record; else the checkpoint's ``pixel_budgets`` in ``run_info.json``, a dataset it does not name getting
+its global budget; else the processor's saved limits). Records are batched by token budget and image budget.
 
 Rows are left-padded so every row's answer starts at the same column, the KV cache is on, and decoding is
 greedy. Each record gets a token budget, and, unless ``free_decoding``, a format constraint: every answer
@@ -21,10 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from qwenvl.data.processing import record_images, record_to_messages
+from qwenvl.data.processing import image_size_kwargs, record_images, record_to_messages
 from qwenvl.eval.constrained import (  # FALLBACK_MAX_NEW_TOKENS, max_new_tokens_for: re-exported for callers
     FALLBACK_MAX_NEW_TOKENS,  # noqa: F401
     AnswerPlanner,
@@ -43,8 +43,10 @@ from qwenvl.eval.constrained import (  # FALLBACK_MAX_NEW_TOKENS, max_new_tokens
     model_vocab_size,
     record_task,
 )
+from qwenvl.flare import defaults
 from qwenvl.flare.images import load_rgb
-from qwenvl.flare.runfiles import RUN_INFO
+from qwenvl.flare.pixels import BudgetPlan, ImageBudget, record_dataset
+from qwenvl.flare.runfiles import RUN_INFO, read_run_info
 from qwenvl.flare.tasks import normalize_task_type
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,12 @@ class Generation:
     n_new_tokens: int = 0
     finished: bool = True
     error: str | None = None
+
+    @classmethod
+    def failed(cls, exc: Exception) -> Generation:
+        """The entry of a record that could not be generated for (its images do not load, the processor
+        refuses them): ``error`` names the exception."""
+        return cls("", 0, False, f"{type(exc).__name__}: {exc}")
 
 
 # records -> one str or Generation per record, in order.
@@ -112,12 +120,16 @@ def make_record(
     question: str,
     task_type: str | None = None,
     box_format: str | None = None,
+    dataset: str | None = None,
 ) -> dict:
     """A converted-format record for an ad-hoc question (one ``<image>`` tag per image, empty answer), so
-    ad-hoc inference goes through the same prompt rendering and answer constraint as evaluation."""
+    ad-hoc inference goes through the same prompt rendering, image budget (``dataset``'s) and answer
+    constraint as evaluation."""
     paths = [str(Path(p).expanduser().resolve()) for p in images]
     value = "<image>\n" * len(paths) + question
     meta = {"task_type": normalize_task_type(task_type) if task_type else None, "question": question}
+    if dataset:
+        meta["dataset"] = dataset
     if box_format:
         meta["box_format"] = box_format
     return {
@@ -127,47 +139,58 @@ def make_record(
     }
 
 
-# ----------------------------------------------------------------------------------------- pixel limits
-@dataclass(frozen=True)
-class PixelLimits:
-    """Image area limits for the processor and where they came from (``argument``, ``run_info.json`` or
-    ``processor``)."""
+# ----------------------------------------------------------------------------------------- image budgets
+SOURCE_ARGUMENT = "argument"  # --min_pixels / --max_pixels: one budget for every record
+SOURCE_PROCESSOR = "processor"  # no run_info.json budgets: the processor's saved limits for every record
 
-    min_pixels: int | None
-    max_pixels: int | None
+
+@dataclass(frozen=True)
+class PixelPlan:
+    """The image budgets to generate with and where they came from (``argument``, ``run_info.json`` or
+    ``processor``). ``plan`` is ``None`` until the processor's own limits are known (source ``processor``)."""
+
+    plan: BudgetPlan | None
     source: str
 
+    def summary(self, records: Sequence[dict] = ()) -> dict[str, Any]:
+        """What ``summary.json`` reports (``pixel_budgets``): policy, source, the global budget and the budget
+        of each dataset of ``records`` (all the plan names when none are given)."""
+        if self.plan is None:
+            return {"source": self.source}
+        names = [n for n in (record_dataset(r) for r in records) if n] if records else None
+        block = self.plan.as_record()
+        block["datasets"] = {
+            name: {**budget.as_record(), "source": source}
+            for name, budget, source in self.plan.table(dict.fromkeys(names) if names is not None else None)
+        }
+        return {
+            "policy": self.plan.policy,
+            "source": self.source,
+            **{k: block[k] for k in ("global", "datasets")},
+        }
 
-def training_pixel_limits(model_path: str | os.PathLike) -> tuple[int | None, int | None]:
-    """``(min_pixels, max_pixels)`` of the training run that wrote ``model_path`` (from its
-    ``run_info.json``), ``(None, None)`` when there is no such file (a base model, a hub id)."""
-    path = Path(model_path).expanduser() / RUN_INFO
-    if not path.is_file():
-        return None, None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8")).get("arguments", {}).get("data", {})
-    except (OSError, json.JSONDecodeError, AttributeError) as exc:
-        log.warning("%s is not readable (%s); using the processor's pixel limits", path, exc)
-        return None, None
-    lo, hi = data.get("min_pixels"), data.get("max_pixels")
-    return (int(lo) if lo is not None else None, int(hi) if hi is not None else None)
 
-
-def resolve_pixel_limits(
+def resolve_pixel_plan(
     model_path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None
-) -> PixelLimits:
-    """The limits to evaluate with: explicit arguments win, then the checkpoint's training arguments
-    (``run_info.json``); ``None`` leaves the processor's own saved limit in place."""
-    if min_pixels is not None and max_pixels is not None:
-        return PixelLimits(min_pixels, max_pixels, "argument")
-    run_min, run_max = training_pixel_limits(model_path)
-    lo = min_pixels if min_pixels is not None else run_min
-    hi = max_pixels if max_pixels is not None else run_max
-    if run_min is None and run_max is None:
-        source = "argument" if (min_pixels, max_pixels) != (None, None) else "processor"
-    else:
-        source = "argument+run_info.json" if (min_pixels, max_pixels) != (None, None) else RUN_INFO
-    return PixelLimits(lo, hi, source)
+) -> PixelPlan:
+    """The image budgets to evaluate with: ``min_pixels`` / ``max_pixels`` given, one budget for every record
+    (the other limit from the checkpoint's global budget when it has one, else the guide's); else the
+    checkpoint's own plan (``run_info.json``: each dataset its training budget, any other dataset the global
+    one); else the processor's saved limits (``plan`` ``None``, filled in by :func:`load_for_generation`)."""
+    trained = BudgetPlan.from_run_info(read_run_info(model_path))
+    if min_pixels is not None or max_pixels is not None:
+        base = (
+            trained.default if trained is not None else ImageBudget(defaults.MIN_PIXELS, defaults.MAX_PIXELS)
+        )
+        low = int(min_pixels) if min_pixels is not None else min(base.min_pixels, int(max_pixels))
+        budget = ImageBudget(low, int(max_pixels) if max_pixels is not None else base.max_pixels)
+        problems = budget.problems("--min_pixels/--max_pixels")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return PixelPlan(BudgetPlan.single(budget), SOURCE_ARGUMENT)
+    if trained is not None:
+        return PixelPlan(trained, RUN_INFO)
+    return PixelPlan(None, SOURCE_PROCESSOR)
 
 
 # ------------------------------------------------------------------------------------------- generation
@@ -198,25 +221,83 @@ def left_padding(processor: Any) -> Iterator[None]:
         tokenizer.padding_side = previous
 
 
-def _eos_ids(model: Any, processor: Any) -> set[int]:
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    im_end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+def end_of_turn_ids(eos_token_id: int | list[int] | None, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: a generation config's ``eos_token_id`` (one, a list or none) and
+    ``<|im_end|>``."""
+    ids = set(
+        eos_token_id if isinstance(eos_token_id, list) else [] if eos_token_id is None else [eos_token_id]
+    )
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end >= 0:
         ids.add(im_end)
     return ids
 
 
-def _failure(exc: Exception) -> Generation:
-    return Generation("", 0, False, f"{type(exc).__name__}: {exc}")
+class GeneratorBase:
+    """What every generation backend shares, so that the same record gets the same prompt, images, budgets
+    and decoded answer on each: the record's token budget and answer pattern (``planner``,
+    :class:`~qwenvl.eval.constrained.AnswerPlanner`), its image budget (``pixel_plan``: the budget of the
+    record's dataset; without a plan, the processor's own limits), its prompt and images, and the reading of
+    the new tokens up to the first end-of-turn token (``eos_ids``)."""
+
+    def __init__(
+        self,
+        processor: Any,
+        eos_ids: Iterable[int],
+        max_new_tokens: int | None = None,
+        progress: bool = True,
+        free_decoding: bool = False,
+        pixel_plan: BudgetPlan | None = None,
+    ) -> None:
+        self.processor = processor
+        self.pixel_plan = pixel_plan if pixel_plan is not None else processor_plan(processor)
+        self.max_new_tokens = max_new_tokens
+        self.progress = progress
+        self.free_decoding = free_decoding
+        self.eos_ids = set(eos_ids)
+        self.planner = AnswerPlanner(processor.tokenizer, max_new_tokens, free_decoding)
+
+    def budget_for(self, record: dict) -> int:
+        """The record's new-token budget: the argument, else derived from its dataset's training answers,
+        else its task type's default (:class:`~qwenvl.eval.constrained.AnswerPlanner`)."""
+        return self.planner.budget_for(record)
+
+    def image_budget_for(self, record: dict) -> ImageBudget:
+        """The image budget of the record's dataset (the one it was trained with)."""
+        return self.pixel_plan.for_record(record)
+
+    def budgets(self, records: Sequence[dict]) -> dict[str, int]:
+        """``{"<dataset>/<task type>": budget}`` over ``records`` (what ``summary.json`` reports)."""
+        out: dict[str, int] = {}
+        for record in records:
+            meta = record.get("meta") or {}
+            out.setdefault(f"{meta.get('dataset', '?')}/{record_task(record)}", self.budget_for(record))
+        return out
+
+    def prompt_and_images(self, record: dict) -> tuple[str, list[Image.Image]] | Generation:
+        """The record's prompt (:func:`build_prompt`) and images, or a :class:`Generation` with ``error``
+        when they do not load."""
+        try:
+            return build_prompt(record, self.processor), load_record_images(record)
+        except (OSError, ValueError) as exc:
+            return Generation.failed(exc)
+
+    def _decode(self, row: Sequence[int]) -> Generation:
+        """New tokens up to and including the first end-of-turn token, decoded without special tokens."""
+        row = list(row)
+        end = next((k for k, tok in enumerate(row) if tok in self.eos_ids), None)
+        kept = row if end is None else row[: end + 1]
+        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True)
+        return Generation(text=text, n_new_tokens=len(kept), finished=end is not None)
 
 
-class BatchGenerator:
+class BatchGenerator(GeneratorBase):
     """Greedy, batched, left-padded generation with a Qwen-VL model and its processor.
 
     ``generator(records)`` returns one :class:`Generation` per record, in order. Records are batched by
-    token budget (:meth:`budget_for`) in their input order. ``max_new_tokens`` overrides every record's
-    budget. Unless ``free_decoding``, every answer is held to its task type's pattern
+    token budget (:meth:`budget_for`) and image budget (:meth:`image_budget_for`: ``pixel_plan``'s budget of
+    the record's dataset; without a plan, the processor's own limits) in their input order. ``max_new_tokens``
+    overrides every record's budget. Unless ``free_decoding``, every answer is held to its task type's pattern
     (:mod:`qwenvl.eval.constrained`); ``stats`` collects the time that costs. ``synced_gpus`` (ZeRO-3 with
     several ranks): every rank keeps stepping until all are done; all ranks must then call the generator
     together with the same number of batches.
@@ -231,40 +312,24 @@ class BatchGenerator:
         progress: bool = True,
         synced_gpus: bool | None = None,
         free_decoding: bool = False,
+        pixel_plan: BudgetPlan | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        eos_ids = end_of_turn_ids(model.generation_config.eos_token_id, processor.tokenizer)
+        super().__init__(processor, eos_ids, max_new_tokens, progress, free_decoding, pixel_plan)
         self.model = model
-        self.processor = processor
         self.batch_size = batch_size
-        self.max_new_tokens = max_new_tokens
-        self.progress = progress
         self.synced_gpus = synced_gpus
-        self.free_decoding = free_decoding
-        self.eos_ids = _eos_ids(model, processor)
-        self.planner = AnswerPlanner(processor.tokenizer, max_new_tokens, free_decoding)
         self.stats = ConstraintStats()
-
-    def budget_for(self, record: dict) -> int:
-        """The record's new-token budget: the argument, else derived from its dataset's training answers,
-        else its task type's default (:class:`~qwenvl.eval.constrained.AnswerPlanner`)."""
-        return self.planner.budget_for(record)
-
-    def budgets(self, records: Sequence[dict]) -> dict[str, int]:
-        """``{"<dataset>/<task type>": budget}`` over ``records`` (what ``summary.json`` reports)."""
-        out: dict[str, int] = {}
-        for record in records:
-            meta = record.get("meta") or {}
-            out.setdefault(f"{meta.get('dataset', '?')}/{record_task(record)}", self.budget_for(record))
-        return out
 
     def __call__(self, records: Sequence[dict]) -> list[Generation]:
         out: list[Generation | None] = [None] * len(records)
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, ImageBudget], list[int]] = {}
         for i, record in enumerate(records):
-            groups.setdefault(self.budget_for(record), []).append(i)
+            groups.setdefault((self.budget_for(record), self.image_budget_for(record)), []).append(i)
         with tqdm(total=len(records), desc="generating", unit="rec", disable=not self.progress) as bar:
-            for budget, indices in groups.items():
+            for (budget, _), indices in groups.items():
                 for start in range(0, len(indices), self.batch_size):
                     chunk = indices[start : start + self.batch_size]
                     for i, gen in zip(chunk, self.generate_batch([records[i] for i in chunk], budget)):
@@ -274,13 +339,7 @@ class BatchGenerator:
 
     def _inputs(self, records: Sequence[dict]) -> list[tuple[str, list[Image.Image]] | Generation]:
         """Per record, its prompt and images, or a :class:`Generation` with ``error`` when they do not load."""
-        out: list[tuple[str, list[Image.Image]] | Generation] = []
-        for record in records:
-            try:
-                out.append((build_prompt(record, self.processor), load_record_images(record)))
-            except (OSError, ValueError) as exc:
-                out.append(_failure(exc))
-        return out
+        return [self.prompt_and_images(record) for record in records]
 
     def _constraint(self, records: Sequence[dict]) -> Any:
         """A fresh logits processor holding each record to its pattern (fitted to the record's own budget,
@@ -292,19 +351,22 @@ class BatchGenerator:
         cache = grammar_cache(self.processor.tokenizer, model_vocab_size(self.model), stop)
         return cache.logits_processor(patterns, self.stats)
 
-    def _encode(self, items: Sequence[tuple[str, list[Image.Image]]]) -> dict[str, Any]:
-        """Left-padded model inputs for ``(prompt, images)`` items (raises ``ValueError`` for an image the
-        processor refuses, e.g. one more elongated than 200:1)."""
+    def _encode(self, items: Sequence[tuple[str, list[Image.Image]]], budget: ImageBudget) -> dict[str, Any]:
+        """Left-padded model inputs for ``(prompt, images)`` items, the images resized within ``budget``
+        (raises ``ValueError`` for an image the processor refuses, e.g. one more elongated than 200:1)."""
         prompts = [prompt for prompt, _ in items]
         images = [img for _, imgs in items for img in imgs]
+        size = image_size_kwargs(budget if images else None)
         with left_padding(self.processor):
-            return self.processor(text=prompts, images=images or None, padding=True, return_tensors="pt")
+            return self.processor(
+                text=prompts, images=images or None, padding=True, return_tensors="pt", **size
+            )
 
-    def _refused(self, item: tuple[str, list[Image.Image]]) -> Generation | None:
+    def _refused(self, item: tuple[str, list[Image.Image]], budget: ImageBudget) -> Generation | None:
         try:
-            self._encode([item])
+            self._encode([item], budget)
         except ValueError as exc:
-            return _failure(exc)
+            return Generation.failed(exc)
         return None
 
     @torch.no_grad()
@@ -312,15 +374,19 @@ class BatchGenerator:
         """One padded batch through ``model.generate``. A record whose images do not load, or that the
         processor refuses, gets an error entry; the others are answered. ``max_new_tokens`` should be at
         least each record's :meth:`budget_for` (what :meth:`__call__` passes), or a constrained answer may
-        be cut."""
+        be cut. The records must share one image budget (:meth:`__call__` batches them so)."""
+        budgets = {self.image_budget_for(r) for r in records}
+        if len(budgets) > 1:
+            raise ValueError(f"one batch, several image budgets {sorted(b.describe() for b in budgets)}")
+        budget = budgets.pop() if budgets else self.pixel_plan.default
         inputs: list[Any] = self._inputs(records)
         ready = [x for x in inputs if not isinstance(x, Generation)]
         try:
-            batch = self._encode(ready) if ready else None
+            batch = self._encode(ready, budget) if ready else None
         except ValueError:  # find the record(s) the processor refuses, answer the rest
-            inputs = [x if isinstance(x, Generation) else (self._refused(x) or x) for x in inputs]
+            inputs = [x if isinstance(x, Generation) else (self._refused(x, budget) or x) for x in inputs]
             ready = [x for x in inputs if not isinstance(x, Generation)]
-            batch = self._encode(ready) if ready else None
+            batch = self._encode(ready, budget) if ready else None
         answered = [r for r, x in zip(records, inputs) if not isinstance(x, Generation)]
         constraint = self._constraint(answered) if batch is not None else None
         answers = iter(self._generate(batch, max_new_tokens, constraint) if batch is not None else [])
@@ -346,12 +412,6 @@ class BatchGenerator:
         new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
         return [self._decode(row) for row in new_tokens]
 
-    def _decode(self, row: list[int]) -> Generation:
-        end = next((k for k, tok in enumerate(row) if tok in self.eos_ids), None)
-        kept = row if end is None else row[: end + 1]
-        text = self.processor.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(text=text, n_new_tokens=len(kept), finished=end is not None)
-
 
 # ---------------------------------------------------------------------------------------------- loading
 def default_device() -> str:
@@ -364,15 +424,50 @@ def default_dtype(device: str) -> str:
     return "bfloat16" if str(device).startswith("cuda") else "float32"
 
 
+def processor_plan(processor: Any) -> BudgetPlan:
+    """One image budget for every record: the processor's own limits."""
+    from qwenvl.model.loading import pixel_budget
+
+    limits = pixel_budget(processor)
+    return BudgetPlan.single(ImageBudget(limits.min_pixels, limits.max_pixels))
+
+
 @dataclass
 class LoadedModel:
-    """A model and processor ready for :class:`BatchGenerator`, with the pixel limits applied."""
+    """A model and processor ready for :class:`BatchGenerator`, with the image budgets to use (``pixels``:
+    the plan and where it came from; the processor holds the plan's global budget)."""
 
     model: Any
     processor: Any
-    pixel_limits: PixelLimits
+    pixels: PixelPlan
     device: str
     dtype: str
+
+    @property
+    def pixel_plan(self) -> BudgetPlan:
+        """The image budget of every dataset (what :class:`BatchGenerator` takes as ``pixel_plan``)."""
+        assert self.pixels.plan is not None  # load_for_generation always fills it in
+        return self.pixels.plan
+
+
+def load_generation_processor(
+    model_path: str | os.PathLike, min_pixels: int | None = None, max_pixels: int | None = None
+) -> tuple[Any, PixelPlan]:
+    """The processor saved beside ``model_path``, at the global budget of its image budgets
+    (:func:`resolve_pixel_plan`), and those budgets (the processor's own limits where the checkpoint names
+    none): what every backend generates with. ``ValueError`` for unusable pixel limits."""
+    from qwenvl.model.loading import load_processor
+
+    pixels = resolve_pixel_plan(model_path, min_pixels, max_pixels)
+    default = pixels.plan.default if pixels.plan is not None else None
+    processor = load_processor(
+        model_path,
+        min_pixels=default.min_pixels if default else None,
+        max_pixels=default.max_pixels if default else None,
+    )
+    if pixels.plan is None:
+        pixels = PixelPlan(processor_plan(processor), pixels.source)
+    return processor, pixels
 
 
 def load_for_generation(
@@ -384,16 +479,14 @@ def load_for_generation(
     attn_implementation: str | None = None,
 ) -> LoadedModel:
     """Load any checkpoint (class from ``config.model_type``) and the processor saved beside it, with the
-    training pixel limits (:func:`resolve_pixel_limits`). Raises
-    :class:`qwenvl.model.loading.ModelNotFoundError` for a missing folder or an uncached hub id."""
-    from qwenvl.model.loading import load_model, load_processor, pixel_budget
+    training image budgets (:func:`resolve_pixel_plan`). Raises
+    :class:`qwenvl.model.loading.ModelNotFoundError` for a missing folder or an uncached hub id, ``ValueError``
+    for unusable pixel limits."""
+    from qwenvl.model.loading import load_model
 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    limits = resolve_pixel_limits(model_path, min_pixels, max_pixels)
-    processor = load_processor(model_path, min_pixels=limits.min_pixels, max_pixels=limits.max_pixels)
-    budget = pixel_budget(processor)
-    limits = PixelLimits(budget.min_pixels, budget.max_pixels, limits.source)
+    processor, pixels = load_generation_processor(model_path, min_pixels, max_pixels)
     model = load_model(model_path, dtype=dtype, attn_implementation=attn_implementation)
     model.to(device).eval()
-    return LoadedModel(model, processor, limits, device, dtype)
+    return LoadedModel(model, processor, pixels, device, dtype)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenvl.eval.constrained import trained_vocabularies, with_answer_vocabulary
 from qwenvl.eval.generate import Generator, as_generation, make_record
 from qwenvl.flare.boxes import GRID, boxes_to_pixels
 from qwenvl.flare.images import read_image_size
 from qwenvl.flare.parsing import parse_boxes
+from qwenvl.flare.pixels import BudgetPlan, dataset_key
 from qwenvl.flare.schema import BOX_PIXEL, BOX_QWEN1000
 from qwenvl.flare.tasks import TASKS, normalize_task_type
 
@@ -60,9 +62,13 @@ def infer_with(
     question: str,
     task_type: str | None = None,
     box_format: str = BOX_QWEN1000,
+    dataset: str | None = None,
+    vocabularies: dict | None = None,
 ) -> InferenceResult:
     """Answer ``question`` about ``images`` with ``generator`` (a :class:`~qwenvl.eval.generate.BatchGenerator`
-    or any stand-in)."""
+    or any stand-in); ``dataset`` (a FLARE name or a registered one) picks the image budget and the answer
+    hints of that dataset, and ``vocabularies`` (a checkpoint's answer vocabularies) the vocabulary an option
+    answer is written in (else the question's rule)."""
     if not images:
         raise ValueError("give at least one image")
     if box_format not in (BOX_QWEN1000, BOX_PIXEL):
@@ -73,7 +79,8 @@ def infer_with(
     for image in images:
         if not Path(image).expanduser().is_file():
             raise FileNotFoundError(f"image not found: {image}")
-    record = make_record(images, question, task, box_format)
+    record = make_record(images, question, task, box_format, dataset_key(dataset))
+    record = with_answer_vocabulary([record], vocabularies)[0]  # option tasks: the answer's vocabulary
     generation = as_generation(generator([record])[0])
     first = str(Path(images[0]).expanduser())
     size = read_image_size(first)
@@ -82,6 +89,16 @@ def infer_with(
     if task is None or TASKS[task].has_boxes:
         boxes = boxes_in_pixels(answer_boxes(generation.text, task), size, box_format)
     return InferenceResult(generation.text, task, parsed, boxes, first, size, generation.error)
+
+
+def dataset_for_task(plan: BudgetPlan, task_type: str | None) -> str | None:
+    """The dataset whose image budget a question of ``task_type`` gets when no dataset is named: of the
+    datasets the plan names that ask ``task_type``, the one with the largest budget (an instance question is
+    a chromosome question); ``None`` when none does."""
+    from qwenvl.flare.datasets import FLARE_DATASETS
+
+    asked = [n for n in plan.per_dataset if n in FLARE_DATASETS and task_type in FLARE_DATASETS[n].task_types]
+    return max(asked, key=lambda n: plan.per_dataset[n].max_pixels, default=None)
 
 
 def format_result(result: InferenceResult, box_format: str = BOX_QWEN1000) -> str:
@@ -117,13 +134,28 @@ def infer(
     dtype: str | None = None,
     device: str | None = None,
     free_decoding: bool = False,
+    dataset: str | None = None,
+    backend: str = "hf",
 ) -> InferenceResult:
-    """Load ``model_path`` (its processor and training pixel limits) and answer one question; with a
-    ``task_type`` the answer is held to that task's pattern unless ``free_decoding``."""
-    from qwenvl.eval.generate import BatchGenerator, load_for_generation
+    """Load ``model_path`` (its processor and training image budgets) with ``backend`` (hf or vllm:
+    :func:`qwenvl.eval.backends.load_generator`) and answer one question; with a ``task_type`` the answer is
+    held to that task's pattern unless ``free_decoding``. The image budget is ``dataset``'s, else that of the
+    checkpoint's datasets of ``task_type`` (:func:`dataset_for_task`), else the checkpoint's global one."""
+    from qwenvl.eval.backends import load_generator
 
-    loaded = load_for_generation(model_path, min_pixels, max_pixels, dtype, device)
-    generator = BatchGenerator(
-        loaded.model, loaded.processor, 1, max_new_tokens, progress=False, free_decoding=free_decoding
+    loaded = load_generator(
+        model_path,
+        backend,
+        1,
+        max_new_tokens,
+        min_pixels,
+        max_pixels,
+        dtype,
+        device,
+        progress=False,
+        free_decoding=free_decoding,
     )
-    return infer_with(generator, images, question, task_type, box_format)
+    if dataset is None and task_type:
+        dataset = dataset_for_task(loaded.pixel_plan, normalize_task_type(task_type))
+    vocabularies = trained_vocabularies(model_path)
+    return infer_with(loaded.generator, images, question, task_type, box_format, dataset, vocabularies)

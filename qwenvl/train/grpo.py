@@ -6,11 +6,12 @@
 
 Start from an SFT checkpoint: a model that never writes a valid answer earns reward 0 on every completion,
 and a group whose rewards are all equal teaches GRPO nothing. Each training step samples
-``--num_generations`` completions per prompt with HF ``generate`` (TRL's ``GRPOTrainer``; no vLLM), scores
+``--num_generations`` completions per prompt (TRL's ``GRPOTrainer``: HF ``generate``, or vLLM with
+``--use_vllm True`` from the vLLM environment, colocated by default: :func:`rollout_engine_options`), scores
 each with the task table's rewards (:mod:`qwenvl.flare.rewards`: ``answer`` = the challenge's metric on the
-one sample, ``format`` = the answer parses, weighted by ``--answer_reward_weight`` / ``--format_reward_weight``)
-and moves the policy towards the completions that beat their group's mean, with a KL term (``--beta``) to
-the starting model.
+one sample, ``format`` = the answer is in its dataset's form, weighted by ``--answer_reward_weight`` /
+``--format_reward_weight``) and moves the policy towards the completions that beat their group's mean, with a
+KL term (``--beta``) to the starting model.
 
 What this module adds to the shared recipe (:mod:`qwenvl.train.recipe`):
 
@@ -29,32 +30,51 @@ What this module adds to the shared recipe (:mod:`qwenvl.train.recipe`):
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from trl import GRPOTrainer
 
+from qwenvl.compat import quiet_checkpointing_reads
 from qwenvl.data.dataset import INVALID_RECORD, SupervisedDataset, log_report
 from qwenvl.data.processing import record_to_messages
-from qwenvl.flare.images import load_rgb
+from qwenvl.flare.images import fit_to_budget, load_rgb
+from qwenvl.flare.pixels import PIXELS_PER_TOKEN, VISUAL_TOKEN_SIDE, BudgetPlan, describe_plan
 from qwenvl.flare.rewards import ANSWER, FORMAT, answer_reward, format_reward, iou_threshold_at, reward_notes
+from qwenvl.flare.runfiles import read_run_info
 from qwenvl.flare.schema import IMAGE_TAG
 from qwenvl.flare.tasks import TASK_TYPES, normalize_task_type
-from qwenvl.model import ModelNotFoundError
+from qwenvl.flare.vocabulary import AnswerVocabulary, record_dataset, training_vocabularies
+from qwenvl.model import pixel_budget, set_pixel_limits
 from qwenvl.train.grpo_arguments import GRPOArguments, RewardArguments
-from qwenvl.train.recipe import RecipeError, TrainingRecipe, load_training_processor
+from qwenvl.train.recipe import RecipeError, TrainingRecipe
 from qwenvl.train.trainer import QwenVLTrainerMixin
 
 logger = logging.getLogger(__name__)
 
 DUMMY_IMAGE_TOKENS = 3  # <|vision_start|><|image_pad|><|vision_end|> of the keep-alive image
 # What each prompt carries besides its messages and images: what the rewards read, and where it came from.
-REWARD_COLUMNS = ("reference", "task_type", "question", "dataset", "index")
+REWARD_COLUMNS = ("reference", "task_type", "question", "dataset", "index", "vocabulary")
 
 
 # ---------------------------------------------------------------------------------------------- prompts
+@contextmanager
+def processor_limits_open(processor: Any) -> Iterator[None]:
+    """While active, the processor resizes no image that is already on its grid: its limits span one visual
+    token to any size (images fitted by :func:`~qwenvl.flare.images.fit_to_budget` keep their size)."""
+    saved = pixel_budget(processor)
+    set_pixel_limits(processor, saved.factor * saved.factor, 1 << 40)
+    try:
+        yield
+    finally:
+        set_pixel_limits(processor, saved.min_pixels, saved.max_pixels)
+
+
 def record_question(record: dict) -> str:
     """The question the rewards read options from: ``meta.question`` (the raw challenge question), else the
     last human turn without its ``<image>`` tags."""
@@ -79,9 +99,12 @@ class PromptSet:
     parses for their task type. ``report`` is the supervised report with the records dropped here added
     (reason ``invalid_record``); :meth:`dataset` is the ``datasets.Dataset`` TRL trains on."""
 
-    def __init__(self, checked: SupervisedDataset) -> None:
+    def __init__(self, checked: SupervisedDataset, factor: int = VISUAL_TOKEN_SIDE) -> None:
+        self.factor = factor  # pixels per side of one visual token on the processor's grid
         self.rows: list[dict[str, Any]] = []
         report = checked.report
+        # The answer vocabulary of each option-task dataset: rewards score answers written in it.
+        self.vocabularies = training_vocabularies(sample.record for sample in checked.samples)
         for sample in checked.samples:
             record, src = sample.record, sample.source
             try:
@@ -93,7 +116,9 @@ class PromptSet:
                         f"{', '.join(TASK_TYPES)}: GRPO needs it to score the answers"
                     )
                 question = record_question(record)
-                answer_reward(task_type, reference, reference, question)  # ValueError: reference unparsable
+                vocabulary = self.vocabularies.get(record_dataset(record), {}).get(task_type)
+                # ValueError: the reference is unparsable
+                answer_reward(task_type, reference, reference, question, vocabulary=vocabulary)
             except ValueError as e:
                 entry = report["datasets"][src["dataset"]]
                 entry["kept"] -= 1
@@ -112,12 +137,14 @@ class PromptSet:
                 {
                     "messages": messages,
                     "image_paths": list(sample.image_paths),
+                    "budget": sample.budget,
                     "reference": reference,
                     "task_type": task_type,
                     "question": question,
                     "dataset": str(src["dataset"]),
                     "index": int(src["index"]),
                     "file": str(src["file"]),
+                    "vocabulary": json.dumps(vocabulary.as_record()) if vocabulary else "",
                 }
             )
         report["total_kept"] = len(self.rows)
@@ -130,14 +157,19 @@ class PromptSet:
         return len(self.rows)
 
     def item(self, i: int) -> dict[str, Any]:
-        """Row ``i`` as TRL reads it: ``prompt`` (messages), ``images`` (8-bit RGB, in tag order) and the
+        """Row ``i`` as TRL reads it: ``prompt`` (messages), ``images`` (8-bit RGB, in tag order, each already
+        at the size its record's image budget gives it: :func:`~qwenvl.flare.images.fit_to_budget`) and the
         reward columns. An image that no longer loads stops the run with the record named (the images
         were checked before training, so it was changed or deleted since)."""
         row = self.rows[i]
+        budget = row["budget"]
         images = []
         for path in row["image_paths"]:
             try:
-                images.append(load_rgb(path))
+                image = load_rgb(path)
+                if budget is not None:
+                    image = fit_to_budget(image, budget.min_pixels, budget.max_pixels, self.factor)
+                images.append(image)
             except Exception as e:  # noqa: BLE001 - name the record whatever the decoder raised
                 raise RuntimeError(
                     f"{row['dataset']} record {row['index']} ({row['file']}): image {path} cannot be loaded "
@@ -166,6 +198,7 @@ class PromptSet:
 
         out = table.with_transform(materialise)
         out.report = self.report  # run_info.json and dataset_report.json read it, as for SFT
+        out.answer_vocabularies = self.vocabularies  # run_info.json's answer_vocabulary
         return out
 
 
@@ -187,26 +220,104 @@ def training_progress(state: Any) -> float:
     return min(state.global_step / state.max_steps, 1.0)
 
 
+def row_vocabulary(text: str) -> AnswerVocabulary | None:
+    """A prompt row's ``vocabulary`` column (JSON, ``""`` for none) as an :class:`AnswerVocabulary`."""
+    return AnswerVocabulary.from_record(json.loads(text)) if text else None
+
+
 def make_reward_functions(settings: RewardArguments) -> list:
     """``[answer, format]``: TRL reward functions (one float per completion) over the dataset's reward
     columns. ``answer`` applies the IoU threshold of the training progress (:meth:`RewardArguments.iou_range`)
     and logs it as ``iou_threshold``."""
     start, end = settings.iou_range()
 
-    def answer(completions, task_type, reference, question, trainer_state=None, log_metric=None, **_):
+    def answer(
+        completions, task_type, reference, question, vocabulary=None, trainer_state=None, log_metric=None, **_
+    ):
         threshold = iou_threshold_at(training_progress(trainer_state), start, end)
         if log_metric is not None and settings.iou_schedule:
             log_metric("iou_threshold", threshold)
+        vocabularies = vocabulary or [""] * len(completions)
         return [
-            answer_reward(t, completion_text(c), r, q, iou_threshold=threshold)
-            for c, t, r, q in zip(completions, task_type, reference, question)
+            answer_reward(t, completion_text(c), r, q, iou_threshold=threshold, vocabulary=row_vocabulary(v))
+            for c, t, r, q, v in zip(completions, task_type, reference, question, vocabularies)
         ]
 
-    def format(completions, task_type, question, **_):  # noqa: A001 - TRL logs it as rewards/format
-        return [format_reward(t, completion_text(c), q) for c, t, q in zip(completions, task_type, question)]
+    def format(completions, task_type, question, vocabulary=None, **_):  # noqa: A001 - TRL logs it as rewards/format
+        vocabularies = vocabulary or [""] * len(completions)
+        return [
+            format_reward(t, completion_text(c), q, row_vocabulary(v))
+            for c, t, q, v in zip(completions, task_type, question, vocabularies)
+        ]
 
     answer.__name__, format.__name__ = ANSWER, FORMAT
     return [answer, format]
+
+
+# ------------------------------------------------------------------------------------------ vLLM rollouts
+def rollout_engine_options(plan: BudgetPlan, device: str) -> dict[str, Any]:
+    """The ``vllm.LLM`` keywords TRL's colocated engine needs beyond its own for Qwen3-VL image prompts. TRL
+    hands vLLM the prompt ids the processor made (every image's visual tokens already expanded, the images
+    fitted to their records' budgets: :meth:`PromptSet.item`), so vLLM's processor must not resize an image
+    again, or its token count no longer matches the prompt's: its limits span one visual token to the plan's
+    largest budget (which also sizes vLLM's memory profile). Also: up to :data:`MAX_IMAGES_PER_PROMPT` images
+    and no video per prompt; eager mode on the CPU (vLLM's CPU build needs it)."""
+    from qwenvl.eval.vllm_backend import MAX_IMAGES_PER_PROMPT, largest_budget
+
+    largest = largest_budget(plan)
+    options: dict[str, Any] = {
+        "mm_processor_kwargs": {
+            "size": {"shortest_edge": PIXELS_PER_TOKEN, "longest_edge": largest.max_pixels}
+        },
+        "limit_mm_per_prompt": {"image": MAX_IMAGES_PER_PROMPT, "video": 0},
+    }
+    if not str(device).startswith("cuda"):
+        options["enforce_eager"] = True
+    return options
+
+
+@contextmanager
+def vllm_engine_options(options: dict[str, Any]) -> Iterator[None]:
+    """While active, the vLLM engine TRL builds for colocated rollouts gets ``options`` besides TRL's own
+    keywords (TRL offers no hook for them)."""
+    if not options:
+        yield
+        return
+    import trl.generation.vllm_generation as generation
+
+    build = generation.LLM
+
+    def with_options(*args: Any, **kwargs: Any) -> Any:
+        return build(*args, **{**kwargs, **options})
+
+    generation.LLM = with_options
+    try:
+        yield
+    finally:
+        generation.LLM = build
+
+
+def collapse_image_runs(ids: Sequence[int], image_token_id: int) -> list[int]:
+    """``ids`` with every run of image tokens cut to one: the form vLLM expands itself (it replaces each single
+    image token by the image's visual tokens, so an already expanded run would be counted twice)."""
+    out: list[int] = []
+    for token in ids:
+        if token != image_token_id or not out or out[-1] != image_token_id:
+            out.append(token)
+    return out
+
+
+def with_collapsed_image_runs(generate: Callable[..., Any], image_token_id: int) -> Callable[..., Any]:
+    """TRL's colocated ``VLLMGeneration.generate`` fed the prompts with their image-token runs collapsed
+    (:func:`collapse_image_runs`): TRL hands vLLM the processor's prompt ids, each image already expanded to
+    its visual tokens, and vLLM would expand every one of those tokens again."""
+
+    def generate_collapsed(prompts: list, images: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if images is not None:
+            prompts = [collapse_image_runs(p, image_token_id) for p in prompts]
+        return generate(prompts, images, *args, **kwargs)
+
+    return generate_collapsed
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -216,9 +327,23 @@ class FlareGRPOTrainer(QwenVLTrainerMixin, GRPOTrainer):
     reward, ``answer_task/<task type>`` = the answer reward, means over the step's completions of that task
     type on every rank)."""
 
-    def __init__(self, *args, vision_lr=None, merger_lr=None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, vision_lr=None, merger_lr=None, rollout_options=None, **kwargs):
+        with vllm_engine_options(rollout_options or {}):  # colocated vLLM rollouts: rollout_engine_options
+            super().__init__(*args, **kwargs)
+        if self.use_vllm and self.vllm_mode == "colocate":
+            image_token = self.processing_class.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            generation = self.vllm_generation
+            generation.generate = with_collapsed_image_runs(generation.generate, image_token)
         self._init_qwenvl(vision_lr, merger_lr)
+
+    # -- per-record image budgets ---------------------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        """TRL's rollout step, with the processor's limits opened wide: the images arrive fitted to their
+        records' budgets (:meth:`PromptSet.item`), and TRL's processor calls (the prompts' tokens, then the
+        forward's pixels) would otherwise resize them all to one budget again. TRL's reads of the model's
+        deprecated checkpointing flag there are kept quiet (:func:`qwenvl.compat.quiet_checkpointing_reads`)."""
+        with processor_limits_open(self.processing_class), quiet_checkpointing_reads():
+            return super()._generate_and_score_completions(inputs)
 
     # -- rewards per task type --------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -359,20 +484,24 @@ class GRPORecipe(TrainingRecipe):
 
     args: GRPOArguments
 
+    def resolve_pixel_plan(self) -> BudgetPlan:
+        """The SFT checkpoint's image budgets: each dataset is GRPO-trained with the budget it was finetuned
+        with (``NAME@TOKENS`` and ``--min_pixels`` / ``--max_pixels`` still win: :meth:`BudgetPlan.inherit`)."""
+        plan = self.args.data.image_plan()
+        trained = BudgetPlan.from_run_info(read_run_info(self.args.model.model_name_or_path))
+        if trained is not None:
+            plan = plan.inherit(trained)
+        logger.info("Image budgets (%s): %s", plan.policy, describe_plan(plan))
+        return plan
+
     def setup_processor(self) -> Any:
-        data = self.args.data
-        try:
-            processor = load_training_processor(
-                self.args.model.model_name_or_path, data.min_pixels, data.max_pixels
-            )
-        except ModelNotFoundError as e:
-            raise RecipeError(str(e)) from e
+        processor = super().setup_processor()
         processor.tokenizer.padding_side = "left"  # see the module docstring
         return processor
 
     def setup_data(self) -> tuple[Any, Any, list[dict] | None]:
         train, _, records = super().setup_data()
-        prompts = PromptSet(train)
+        prompts = PromptSet(train, pixel_budget(self.processor).factor)
         if len(prompts) == 0:
             raise RecipeError("no prompt left after the checks; see the report above")
         logger.info(
@@ -381,6 +510,9 @@ class GRPORecipe(TrainingRecipe):
             ", ".join(f"{k} {v}" for k, v in sorted(prompts.report["task_types"].items())),
         )
         return prompts.dataset(), None, records
+
+    def answer_vocabularies(self) -> dict[str, dict[str, AnswerVocabulary]]:
+        return self.train_dataset.answer_vocabularies  # the prompts' (PromptSet.dataset)
 
     def record_run(self) -> dict[str, Any]:
         info = super().record_run()
@@ -401,6 +533,12 @@ class GRPORecipe(TrainingRecipe):
         args = self.args
         training, rewards = args.training, args.rewards
         training.reward_weights = [rewards.answer_reward_weight, rewards.format_reward_weight]
+        colocated = training.use_vllm and training.vllm_mode == "colocate"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if colocated:
+            from qwenvl.eval.vllm_backend import prepare_environment
+
+            prepare_environment(device)  # vLLM's console and CPU defaults, as for evaluation
         return FlareGRPOTrainer(
             model=self.model,
             reward_funcs=make_reward_functions(rewards),
@@ -409,4 +547,5 @@ class GRPORecipe(TrainingRecipe):
             processing_class=self.processor,
             vision_lr=training.vision_tower_lr,
             merger_lr=training.mm_projector_lr,
+            rollout_options=rollout_engine_options(self.pixel_plan, device) if colocated else None,
         )

@@ -147,10 +147,14 @@ def check_grpo_arguments(args: GRPOArguments) -> list[str]:
     if not (0.0 <= lo <= 1.0 and 0.0 <= hi <= 1.0):
         problems.append(f"--iou_threshold_start {lo} / --iou_threshold_end {hi} must lie in [0, 1]")
     if training.use_vllm:
-        problems.append(
-            "--use_vllm: vLLM rollouts are not supported by this toolkit (vLLM is not installed in its "
-            "environment, so they are untested); rollouts use transformers generate"
-        )
+        from qwenvl.eval import vllm_backend
+
+        if not vllm_backend.vllm_available():
+            problems.append(f"--use_vllm: vLLM is not installed here. {vllm_backend.INSTALL_HINT}")
+        elif training.vllm_mode == "colocate" and (sync := vllm_backend.weight_sync_problem()):
+            problems.append(f"--use_vllm (colocate: the engine takes the new weights every step): {sync}")
+        if training.vllm_mode not in ("colocate", "server"):
+            problems.append(f"--vllm_mode {training.vllm_mode!r}: choose colocate (default) or server")
     if (training.max_completion_length or 0) < 1:
         problems.append("--max_completion_length must be at least 1 (e.g. 128)")
     return problems

@@ -20,6 +20,8 @@ from typing import Any
 from qwenvl.data import load_annotations, resolve_datasets
 from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.rewards import ANSWER, FORMAT, answer_reward, format_reward, iou_threshold_at
+from qwenvl.flare.tasks import normalize_task_type
+from qwenvl.flare.vocabulary import AnswerVocabulary, record_dataset, training_vocabularies
 from qwenvl.train.grpo import record_prompt, record_question
 from qwenvl.train.grpo_arguments import RewardArguments
 
@@ -28,17 +30,26 @@ DEFAULT_WEIGHTS = {ANSWER: RewardArguments.answer_reward_weight, FORMAT: RewardA
 
 
 def score_answers(
-    records: list[dict], answers: list[str], weights: dict[str, float] = DEFAULT_WEIGHTS
+    records: list[dict],
+    answers: list[str],
+    weights: dict[str, float] = DEFAULT_WEIGHTS,
+    vocabularies: dict[str, dict[str, AnswerVocabulary]] | None = None,
 ) -> dict[str, Any]:
     """Mean ``reward`` (weighted answer + format), ``answer`` and ``format`` rewards over ``records`` and their
-    ``answers``, overall and per task type (``by_task_type``), with the number of records (``n``)."""
+    ``answers``, overall and per task type (``by_task_type``), with the number of records (``n``). Option
+    answers are scored in their dataset's vocabulary: ``vocabularies`` (a checkpoint's), else the one the
+    records' own answers are written in."""
+    vocabularies = {**training_vocabularies(records), **(vocabularies or {})}
     rows = []
     for record, text in zip(records, answers, strict=True):
         _, reference = record_prompt(record)
         task_type = (record.get("meta") or {}).get("task_type")
         question = record_question(record)
-        a = answer_reward(task_type, text, reference, question, iou_threshold=iou_threshold_at(1.0))
-        f = format_reward(task_type, text, question)
+        vocabulary = vocabularies.get(record_dataset(record), {}).get(str(normalize_task_type(task_type)))
+        a = answer_reward(
+            task_type, text, reference, question, iou_threshold=iou_threshold_at(1.0), vocabulary=vocabulary
+        )
+        f = format_reward(task_type, text, question, vocabulary)
         rows.append((task_type, a, f, weights[ANSWER] * a + weights[FORMAT] * f))
 
     def mean(part: list[tuple]) -> dict[str, Any]:
@@ -66,6 +77,7 @@ def evaluate_rewards(
 ) -> dict[str, Any]:
     """Greedy answers of ``model_path`` to the first ``limit`` records of each dataset of ``dataset_use``,
     scored by :func:`score_answers`."""
+    from qwenvl.eval.constrained import trained_vocabularies
     from qwenvl.eval.generate import BatchGenerator, load_for_generation
 
     records: list[dict] = []
@@ -76,7 +88,7 @@ def evaluate_rewards(
         loaded.model, loaded.processor, max_new_tokens=max_new_tokens, progress=False, free_decoding=True
     )
     answers = [g.text for g in generator(records)]
-    result = score_answers(records, answers, weights)
+    result = score_answers(records, answers, weights, trained_vocabularies(model_path))
     result.update(model_path=str(model_path), dataset_use=dataset_use, limit=limit)
     return result
 

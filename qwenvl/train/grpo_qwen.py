@@ -13,8 +13,6 @@ before training starts.
 
 from __future__ import annotations
 
-import sys
-
 
 def main(argv: list[str] | None = None) -> int:
     from qwenvl.train.recipe import run_recipe
@@ -29,4 +27,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qwenvl.train.recipe import exit_process
+
+    exit_process(main())
