@@ -14,7 +14,7 @@ export FLARE25_CONVERTED_DIR="$DEMO_DIR/converted_data"
 # accelerate imports DeepSpeed whenever it is installed, and DeepSpeed then warns that it found no GPU: on a
 # machine without one, say so up front (the demo trains without DeepSpeed).
 command -v nvidia-smi >/dev/null 2>&1 || export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-py() { "${RUN[@]}" python "$@"; }
+py() { "${PY[@]}" "$@"; }
 
 STEP=0
 step() { STEP=$((STEP + 1)); printf '\n==== %s. %s ====\n' "$STEP" "$*"; }
@@ -79,7 +79,8 @@ cat <<EOF
 Use the demo data with any command of the README by exporting FLARE25_CONVERTED_DIR=$FLARE25_CONVERTED_DIR
 
 The trained model (constrained decoding) against the constant-answer baseline, the untrained model and both
-models with free decoding ($EVAL/trained/metrics.md):
+models with free decoding, headline numbers: the organisers' record set and rules, where the records not
+evaluated are left out for want of a prediction ($EVAL/trained/metrics.md, report.html):
 
 EOF
 sed -n '/^## Comparison/,$p' "$EVAL/trained/metrics.md"

@@ -3,6 +3,8 @@
 # environment variables), then the losses and the peak memory. Fails on a NaN or infinite loss.
 # Leaves no checkpoint behind: it trains into a temporary folder that is removed at the end.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+# the machine first (qwenvl/machine.py): a GPU machine whose CUDA torch cannot use stops here, not in training
+"${PY[@]}" -m qwenvl.machine --nproc "${NPROC_PER_NODE:-}" --bf16 "${BF16:-}"
 
 DRY_DIR=$(mktemp -d "${TMPDIR:-/tmp}/qwen3vl_dry_run.XXXXXX")
 trap 'rm -rf "$DRY_DIR"' EXIT
@@ -14,4 +16,4 @@ start=$(date +%s)
 status=0
 bash "$(dirname "${BASH_SOURCE[0]}")/sft_qwen3_4b_flare.sh" --save_strategy no "$@" || status=$?
 echo "[dry run] training exited with status $status after $(( $(date +%s) - start )) s"
-"${RUN[@]}" python -m qwenvl.train.dry_run "$DRY_DIR" --expected_steps "$MAX_STEPS" --exit_status "$status"
+"${PY[@]}" -m qwenvl.train.dry_run "$DRY_DIR" --expected_steps "$MAX_STEPS" --exit_status "$status"

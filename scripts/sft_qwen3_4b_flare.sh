@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Full finetune of Qwen3-VL-4B-Instruct on the five FLARE25 starter datasets, with the guide's settings:
-# lr 1e-5, batch 1 x accumulation 16, 1 epoch, max length 4096, pixels 784-50176, AdamW (weight decay 0.01),
-# cosine schedule with 3% warmup, bf16, gradient checkpointing, DeepSpeed ZeRO-3 with CPU offload,
-# a checkpoint every 200 steps (2 kept), wandb run qwen3vl_flare25_starter.
+# lr 1e-5, batch 1 x accumulation 16, 1 epoch, max length 4096, AdamW (weight decay 0.01), cosine schedule
+# with 3% warmup, bf16, gradient checkpointing, DeepSpeed ZeRO-3 with CPU offload, a checkpoint every 200 steps
+# (2 kept), wandb run qwen3vl_flare25_starter. Images: each dataset's own visual-token budget from the dataset
+# table (PIXEL_POLICY=auto, the default: per dataset unless MAX_PIXELS / MIN_PIXELS is set, which gives every
+# image the guide's one budget, e.g. MAX_PIXELS=50176 MIN_PIXELS=784); DATASETS entries take NAME@TOKENS.
 #
 # Every setting is an environment variable (see the list below); arguments after the script name go to
 # train_qwen.py and win over the script's own, e.g.
@@ -12,8 +14,14 @@
 # Faster (docs/performance.md): DATA_FLATTEN=True packs whole samples into MAX_LENGTH-token rows (no padding;
 # BATCH_SIZE then counts packs, e.g. BATCH_SIZE=1 GRAD_ACCUM=1 is ~20 samples per step); LORA_ENABLE=True trains
 # LoRA adapters instead of the full LLM (fits a 24 GB GPU with DEEPSPEED=none).
+# Recipes: RECIPE=flare_all reads configs/recipes/flare_all.env (all 19 datasets, class-balanced, square-root
+# mixture, per-sample loss, each with its reason) before the defaults below; the environment still wins.
+# The mix and the loss: MIXTURE_TEMPERATURE (1 = the datasets' sizes), DATASETS entries NAME+balanced (equal
+# draws per class), LOSS_NORMALISATION token | sample | dataset.
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/_torchrun.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/_recipe.sh"
+load_recipe
 probe_machine
 
 MODEL_PATH=${MODEL_PATH:-Qwen/Qwen3-VL-4B-Instruct}
@@ -36,8 +44,11 @@ SAVE_TOTAL_LIMIT=${SAVE_TOTAL_LIMIT:-2}
 EVAL_STEPS=${EVAL_STEPS:-500}
 LOGGING_STEPS=${LOGGING_STEPS:-1}
 MAX_LENGTH=${MAX_LENGTH:-4096}
-MAX_PIXELS=${MAX_PIXELS:-50176}
-MIN_PIXELS=${MIN_PIXELS:-784}
+MIXTURE_TEMPERATURE=${MIXTURE_TEMPERATURE:-1}         # draws by dataset size^(1/T): 1 the sizes, 2 square roots
+LOSS_NORMALISATION=${LOSS_NORMALISATION:-token}       # token (the guide's) | sample | dataset
+PIXEL_POLICY=${PIXEL_POLICY:-auto}                    # auto | per_dataset | global (see the header)
+MAX_PIXELS=${MAX_PIXELS:-}                            # set: one budget (the guide's 50176) under auto / global
+MIN_PIXELS=${MIN_PIXELS:-}                            # set: the fewest pixels (the guide's 784)
 WEIGHT_DECAY=${WEIGHT_DECAY:-0.01}
 WARMUP_RATIO=${WARMUP_RATIO:-0.03}
 LR_SCHEDULER=${LR_SCHEDULER:-cosine}
@@ -78,7 +89,8 @@ args=(
     --gradient_accumulation_steps "$GRAD_ACCUM"
     --learning_rate "$LR" --weight_decay "$WEIGHT_DECAY" --warmup_ratio "$WARMUP_RATIO"
     --lr_scheduler_type "$LR_SCHEDULER" --max_grad_norm "$MAX_GRAD_NORM"
-    --model_max_length "$MAX_LENGTH" --max_pixels "$MAX_PIXELS" --min_pixels "$MIN_PIXELS"
+    --model_max_length "$MAX_LENGTH" --pixel_policy "$PIXEL_POLICY"
+    --mixture_temperature "$MIXTURE_TEMPERATURE" --loss_normalisation "$LOSS_NORMALISATION"
     --gradient_checkpointing "$GRADIENT_CHECKPOINTING"
     --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit "$SAVE_TOTAL_LIMIT"
     --logging_steps "$LOGGING_STEPS"
@@ -88,6 +100,8 @@ args=(
     --data_flatten "$DATA_FLATTEN"
     --attn_implementation "$ATTN_IMPL"
 )
+[ -n "$MAX_PIXELS" ] && args+=(--max_pixels "$MAX_PIXELS")
+[ -n "$MIN_PIXELS" ] && args+=(--min_pixels "$MIN_PIXELS")
 [ -n "$PACKING_MAX_TOKENS" ] && args+=(--packing_max_tokens "$PACKING_MAX_TOKENS")
 [ "$LORA_ENABLE" = True ] && args+=(--lora_enable True --lora_r "$LORA_R" --lora_alpha "$LORA_ALPHA"
     --lora_dropout "$LORA_DROPOUT" --lora_vision "$LORA_VISION")
@@ -109,6 +123,8 @@ Qwen3-VL finetune
   batch        $BATCH_SIZE per device x $GRAD_ACCUM accumulation x $((NPROC_PER_NODE * NNODES)) processes
   optimisation lr $LR ($LR_SCHEDULER, warmup $WARMUP_RATIO), weight decay $WEIGHT_DECAY, epochs $EPOCHS, max steps $MAX_STEPS
   precision    bf16=$BF16   deepspeed=$DEEPSPEED   report_to=$REPORT_TO
+  recipe       ${RECIPE:-none}${RECIPE_FILE:+ ($RECIPE_FILE)}   mixture temperature $MIXTURE_TEMPERATURE   loss per $LOSS_NORMALISATION
+  images       pixel policy $PIXEL_POLICY${MAX_PIXELS:+, max_pixels $MAX_PIXELS}${MIN_PIXELS:+, min_pixels $MIN_PIXELS}
   packing      $DATA_FLATTEN${PACKING_MAX_TOKENS:+ (budget $PACKING_MAX_TOKENS tokens)}   lora=$LORA_ENABLE (r $LORA_R, alpha $LORA_ALPHA)
   extra args   ${*:-none}
 ================================================================================

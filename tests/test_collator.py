@@ -60,9 +60,10 @@ def samples(processor) -> list[dict]:
     return [two, one, text]
 
 
-def _fake(ids: list[int], labels: list[int]) -> dict:
+def _fake(ids: list[int], labels: list[int], dataset: str = "") -> dict:
     n = len(ids)
     return {
+        "dataset": dataset,
         "input_ids": torch.tensor(ids),
         "labels": torch.tensor(labels),
         "position_ids": (torch.arange(n) + 10).unsqueeze(0).repeat(3, 1),
@@ -71,8 +72,8 @@ def _fake(ids: list[int], labels: list[int]) -> dict:
 
 # ------------------------------------------------------------------------------------------- padded
 def test_padded_batch_exact_values() -> None:
-    a = _fake([1, 2, 3], [IGNORE_INDEX, 2, 3])
-    b = _fake([4, 5], [IGNORE_INDEX, 5])
+    a = _fake([1, 2, 3], [IGNORE_INDEX, 2, 3], "flare_retino")
+    b = _fake([4, 5], [IGNORE_INDEX, 5], "flare_neojaundice")
     batch = PaddedCollator(PAD)([a, None, b])
     stats = pop_stats(batch)
     assert set(batch) == {"input_ids", "labels", "attention_mask", "position_ids"}
@@ -90,8 +91,11 @@ def test_padded_batch_exact_values() -> None:
         "stat_num_tokens": 5,
         "stat_num_positions": 6,
         "stat_num_supervised": 3,
+        "sample_datasets": ["flare_retino", "flare_neojaundice"],  # each kept sample's dataset, in order
+        "sample_index": stats["sample_index"],
     }
-    assert all(type(v) is int for v in stats.values())
+    assert stats["sample_index"].tolist() == [[0, 0, 0], [1, 1, -1]]  # each position's sample; -1: padding
+    assert all(type(v) is int for k, v in stats.items() if k.startswith("stat_"))
 
 
 def test_padded_batch_concatenates_pixels_in_order(samples) -> None:
@@ -121,8 +125,8 @@ def test_all_none_gives_placeholder(collator) -> None:
 
 # ------------------------------------------------------------------------------------------- packed
 def test_packed_batch_exact_values() -> None:
-    a = _fake([1, 2, 3], [IGNORE_INDEX, 2, 3])
-    b = _fake([4, 5], [5, 5])  # a first label is never supervised across the sample boundary
+    a = _fake([1, 2, 3], [IGNORE_INDEX, 2, 3], "flare_retino")
+    b = _fake([4, 5], [5, 5], "flare_retino")  # a first label is never supervised across the sample boundary
     batch = PackedCollator(PAD)([a, b, None])
     stats = pop_stats(batch)
     assert set(batch) == {"input_ids", "labels", "position_ids"}
@@ -136,7 +140,10 @@ def test_packed_batch_exact_values() -> None:
         "stat_num_tokens": 5,
         "stat_num_positions": 5,
         "stat_num_supervised": 3,
+        "sample_datasets": ["flare_retino", "flare_retino"],
+        "sample_index": stats["sample_index"],
     }
+    assert stats["sample_index"].tolist() == [[0, 0, 0, 1, 1]]  # both samples in one packed row
 
 
 def _sample_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -23,16 +23,22 @@ def test_the_guides_script_states_the_shared_defaults():
     env = _script_defaults("sft_qwen3_4b_flare.sh")
     assert env["MODEL_PATH"] == defaults.MODEL == "Qwen/Qwen3-VL-4B-Instruct"
     assert int(env["MAX_LENGTH"]) == defaults.MODEL_MAX_LENGTH == 4096
-    assert int(env["MAX_PIXELS"]) == defaults.MAX_PIXELS == 50176
-    assert int(env["MIN_PIXELS"]) == defaults.MIN_PIXELS == 784
+    # Images: each dataset's own budget unless MAX_PIXELS / MIN_PIXELS is set (then the guide's one budget).
+    assert env["PIXEL_POLICY"] == "auto" and env["MAX_PIXELS"] == env["MIN_PIXELS"] == ""
+    assert (defaults.MIN_PIXELS, defaults.MAX_PIXELS) == (784, 50176)
 
 
 def test_training_arguments_and_the_data_check_take_the_shared_defaults():
     assert ModelArguments().model_name_or_path == defaults.MODEL
-    data = DataArguments()
-    assert (data.min_pixels, data.max_pixels) == (defaults.MIN_PIXELS, defaults.MAX_PIXELS)
+    data = DataArguments(dataset_use="flare_retino")
+    assert data.pixel_policy == "auto" and (data.min_pixels, data.max_pixels) == (None, None)
+    plan = data.image_plan()  # no pixel flag: per dataset, the guide's budget for datasets outside the table
+    assert plan.policy == "per_dataset"
+    assert (plan.default.min_pixels, plan.default.max_pixels) == (defaults.MIN_PIXELS, defaults.MAX_PIXELS)
+    guide = DataArguments(dataset_use="flare_retino", max_pixels=defaults.MAX_PIXELS).image_plan()
+    assert guide.policy == "global" and guide.for_dataset("retino") == guide.default
     assert data.model_max_length == defaults.MODEL_MAX_LENGTH
     check = build_parser().parse_args([])
     assert check.model_path == defaults.MODEL
-    assert (check.min_pixels, check.max_pixels) == (defaults.MIN_PIXELS, defaults.MAX_PIXELS)
+    assert check.pixel_policy == "auto" and (check.min_pixels, check.max_pixels) == (None, None)
     assert check.model_max_length == defaults.MODEL_MAX_LENGTH

@@ -68,6 +68,27 @@ def test_two_processes_without_deepspeed_are_one_data_parallel_job(
     assert _losses(nodes)[1] == pytest.approx(_losses(ddp)[1], rel=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_per_dataset_loss_over_two_ranks_equals_one_process(tiny_dir, demo_converted, tmp_path, registry_at):
+    """--loss_normalisation dataset over 2 DDP ranks x 2 samples (a long detection answer and letters from
+    two datasets): the step's loss is the one-process loss of the same 4 samples in one batch, not the
+    per-token one (the per-dataset counts are gathered over the ranks before the step)."""
+    datasets = "flare_busi_det%34,flare_retino%34"
+    common = dict(
+        max_steps="1", gradient_accumulation_steps="1", dataset_use=datasets, loss_normalisation="dataset"
+    )
+    ddp = tmp_path / "ddp"
+    _torchrun(_base_args(tiny_dir, ddp, per_device_train_batch_size="2", **common), demo_converted, nproc=2)
+    registry_at(demo_converted)
+    one = _first_step_loss(tiny_dir, datasets, batch_size=4, loss_normalisation="dataset")
+    per_token = _first_step_loss(tiny_dir, datasets, batch_size=4)
+    # A random model's token losses are all near ln(151,936) = 11.93: the modes differ by ~5e-3 here,
+    # the ranks must agree with one process far closer than that.
+    assert _losses(ddp)[1] == pytest.approx(one, abs=1e-5)
+    assert abs(one - per_token) > 1e-3
+
+
 def test_packs_reach_each_rank_once_through_the_prepared_loader():
     """The trainer's packed loader as accelerate prepares it for 2 processes (its own prepare_data_loader with
     the world size given): each rank gets its own packs, the same number of micro-batches, and together every

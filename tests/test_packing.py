@@ -158,12 +158,20 @@ def _step_loss(out: Path, step: int) -> float:
     return next(r["loss"] for r in _log(out) if r.get("step") == step and "loss" in r)
 
 
-def test_one_step_packed_equals_padded(tiny_dir, demo_converted, registry_at, tmp_path) -> None:
+@pytest.mark.parametrize("normalisation", ["token", "sample", "dataset"])
+def test_one_step_packed_equals_padded(
+    tiny_dir, demo_converted, registry_at, tmp_path, normalisation
+) -> None:
+    """Under every loss normalisation: one step of 4 samples from two datasets, padded in one batch, one per
+    micro-batch accumulated, and packed in one row, gives the same loss and the same update."""
     registry_at(demo_converted)
+    norm = {"loss_normalisation": normalisation}
     padded = _train(
-        tiny_dir, tmp_path / "padded", per_device_train_batch_size=4, gradient_accumulation_steps=1
+        tiny_dir, tmp_path / "padded", per_device_train_batch_size=4, gradient_accumulation_steps=1, **norm
     )
-    accum = _train(tiny_dir, tmp_path / "accum", per_device_train_batch_size=1, gradient_accumulation_steps=4)
+    accum = _train(
+        tiny_dir, tmp_path / "accum", per_device_train_batch_size=1, gradient_accumulation_steps=4, **norm
+    )
     packed = _train(
         tiny_dir,
         tmp_path / "packed",
@@ -171,6 +179,7 @@ def test_one_step_packed_equals_padded(tiny_dir, demo_converted, registry_at, tm
         "True",
         per_device_train_batch_size=1,
         gradient_accumulation_steps=1,
+        **norm,
     )
     data = json.loads((packed / "dataset_report.json").read_text())["train"]
     assert data["total_kept"] == 4

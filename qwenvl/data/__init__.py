@@ -16,6 +16,13 @@ A ``--dataset_use`` entry may also be a path to a Qwen3-VL JSON file (``/data/my
 Sampling: ``name%NN`` keeps NN percent of the records. NN may be fractional (``%12.5``) and may exceed 100
 (``%250`` = every record twice plus a random half). The draw depends only on the seed and the name, so every
 process of a distributed run trains on the same subset.
+
+Image budget: ``name@MAX`` or ``name@MIN-MAX`` gives that dataset's images at most MAX (at least MIN) visual
+tokens, 32x32-pixel blocks (``flare_chromosome%100@1296``, ``flare_neurips22cell@256-1024``), over the dataset
+table's budget or the run's global one (:mod:`qwenvl.flare.pixels`).
+
+Class balance: ``name+balanced`` draws a classification / multi-label dataset's share equally from its classes;
+``--mixture_temperature`` shares the draws between datasets by size^(1/T) (:mod:`qwenvl.data.mixture`).
 """
 
 from __future__ import annotations
@@ -23,13 +30,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from qwenvl.flare import defaults
 from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS, registry_name
 from qwenvl.flare.paths import default_converted_dir
+from qwenvl.flare.pixels import BudgetPlan, dataset_key
 
 LABELLED_SPLITS = ("train", "val")
 CONVERT_SCRIPT = "uv run python data_conversion/convert_flare_to_qwen3vl.py"
@@ -99,6 +108,16 @@ def register_dataset(
 
 
 @dataclass(frozen=True)
+class DatasetUse:
+    """One entry of a ``--dataset_use`` string: ``NAME[%PERCENT][@[MIN-]MAX][+balanced]``."""
+
+    name: str
+    rate: float = 1.0  # fraction of records to draw (1.0 = all, 2.5 = twice plus half)
+    visual_tokens: tuple[int | None, int] | None = None  # (min or None, max) tokens per image from @...
+    balanced: bool = False  # +balanced: draws spread equally over the dataset's classes
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One resolved ``--dataset_use`` entry."""
 
@@ -107,26 +126,55 @@ class DatasetSpec:
     data_path: str
     labelled: bool
     rate: float  # fraction of records to draw (1.0 = all, 2.5 = twice plus half)
+    visual_tokens: tuple[int | None, int] | None = None  # an @MIN-MAX override of the image budget
+    balanced: bool = False  # +balanced: draws spread equally over the dataset's classes
 
 
-def parse_dataset_use(spec: str) -> list[tuple[str, float]]:
-    """``"a%50,b,c%250"`` -> ``[("a", 0.5), ("b", 1.0), ("c", 2.5)]``."""
+_SUFFIX_RE = re.compile(r"[%@+]")
+FLAGS = ("balanced",)  # the words a +FLAG part may name
+
+
+def _parse_rate(text: str, item: str, name: str) -> float:
+    try:
+        rate = float(text) / 100.0
+    except ValueError:
+        raise ValueError(f"bad sampling rate in {item!r}: expected NAME%NUMBER, e.g. {name}%50") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise ValueError(f"sampling rate in {item!r} must be a positive number of percent")
+    return rate
+
+
+def parse_dataset_use(spec: str) -> list[DatasetUse]:
+    """``"a%50,b,c%250@1024"`` -> ``[DatasetUse("a", 0.5), DatasetUse("b"), DatasetUse("c", 2.5, (None,
+    1024))]``. Each entry is a name followed by optional parts in any order: ``%PERCENT`` (sampling),
+    ``@MAX`` / ``@MIN-MAX`` (visual tokens per image) and ``+balanced`` (class balance). ``ValueError`` names
+    the entry and the fix."""
+    from qwenvl.flare.pixels import parse_token_range
+
     out = []
     for item in (s.strip() for s in spec.split(",")):
         if not item:
             continue
-        name, sep, pct = item.rpartition("%") if "%" in item else (item, "", "")
-        rate = 1.0
-        if sep:
-            try:
-                rate = float(pct) / 100.0
-            except ValueError:
-                raise ValueError(
-                    f"bad sampling rate in {item!r}: expected NAME%NUMBER, e.g. {name}%50"
-                ) from None
-            if not math.isfinite(rate) or rate <= 0:
-                raise ValueError(f"sampling rate in {item!r} must be a positive number of percent")
-        out.append((name.strip(), rate))
+        first = _SUFFIX_RE.search(item)
+        name = (item[: first.start()] if first else item).strip()
+        rate, tokens, balanced = 1.0, None, False
+        parts = re.findall(r"([%@+])([^%@+]*)", item[first.start() :]) if first else []
+        seen = [marker for marker, _ in parts]
+        if len(seen) != len(set(seen)) or not name:
+            raise ValueError(
+                f"bad dataset entry {item!r}: expected NAME[%PERCENT][@[MIN-]MAX][+balanced], e.g. "
+                "flare_chromosome%50@1296 or flare_retino+balanced (each part at most once)"
+            )
+        for marker, value in parts:
+            if marker == "%":
+                rate = _parse_rate(value, item, name)
+            elif marker == "@":
+                tokens = parse_token_range(value, item)
+            elif value.strip() in FLAGS:
+                balanced = True
+            else:
+                raise ValueError(f"unknown flag +{value.strip()} in {item!r}: the one flag is +balanced")
+        out.append(DatasetUse(name, rate, tokens, balanced))
     if not out:
         raise ValueError("empty dataset list: give names such as flare_retino,flare_busi_det%50")
     return out
@@ -152,7 +200,8 @@ def _unknown_name_error(name: str) -> KeyError:
 def resolve_datasets(spec: str, require_labels: bool = True) -> list[DatasetSpec]:
     """Resolve a ``--dataset_use`` string into registry entries; errors list every problem at once."""
     specs, errors = [], []
-    for name, rate in parse_dataset_use(spec):
+    for use in parse_dataset_use(spec):
+        name = use.name
         if name.endswith(".json") and name not in data_dict:
             entry = {
                 "annotation_path": str(Path(name).expanduser().resolve()),
@@ -174,27 +223,70 @@ def resolve_datasets(spec: str, require_labels: bool = True) -> list[DatasetSpec
             )
             continue
         specs.append(
-            DatasetSpec(name, entry["annotation_path"], entry.get("data_path", ""), entry["labelled"], rate)
+            DatasetSpec(
+                name,
+                entry["annotation_path"],
+                entry.get("data_path", ""),
+                entry["labelled"],
+                use.rate,
+                use.visual_tokens,
+                use.balanced,
+            )
         )
     if errors:
         raise ValueError("\n".join(errors))
     return specs
 
 
+def plan_image_budgets(
+    dataset_use: str,
+    policy: str = "auto",
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
+    eval_dataset_use: str = "",
+) -> BudgetPlan:
+    """The image budgets of a run over ``dataset_use`` (and ``eval_dataset_use``): ``policy`` resolved
+    (``auto``: one global budget when ``min_pixels`` / ``max_pixels`` is given, else each dataset the table's),
+    the global budget from ``min_pixels`` / ``max_pixels`` (each defaulting to the guide's), and every
+    ``NAME@TOKENS`` override of either list. An override given in both lists must agree."""
+    from qwenvl.flare.pixels import ImageBudget, build_plan, resolve_policy
+
+    resolved = resolve_policy(policy, explicit_global=min_pixels is not None or max_pixels is not None)
+    default = ImageBudget(
+        defaults.MIN_PIXELS if min_pixels is None else int(min_pixels),
+        defaults.MAX_PIXELS if max_pixels is None else int(max_pixels),
+    )
+    uses = parse_dataset_use(dataset_use) + (parse_dataset_use(eval_dataset_use) if eval_dataset_use else [])
+    overrides: dict[str, tuple[int | None, int]] = {}
+    for use in uses:
+        if use.visual_tokens is None:
+            continue
+        key = dataset_key(use.name) or use.name
+        if overrides.get(key, use.visual_tokens) != use.visual_tokens:
+            raise ValueError(
+                f"dataset {key} has two image budgets, @{_tokens_text(overrides[key])} and "
+                f"@{_tokens_text(use.visual_tokens)}: give the same one in --dataset_use and --eval_dataset_use"
+            )
+        overrides[key] = use.visual_tokens
+    return build_plan(resolved, default, [use.name for use in uses], overrides)
+
+
+def _tokens_text(tokens: tuple[int | None, int]) -> str:
+    return f"{tokens[0]}-{tokens[1]}" if tokens[0] else str(tokens[1])
+
+
 def sample_indices(n: int, rate: float, seed: int, name: str) -> list[int]:
-    """Indices drawn for ``name%(rate*100)``: ``floor(rate)`` full passes plus a seeded sample of the rest.
+    """Indices drawn for ``name%(rate*100)``: whole passes plus a seeded sample of the rest
+    (:func:`qwenvl.data.mixture.seeded_draw` of ``round(n * rate)`` draws).
 
     Depends only on (n, rate, seed, name), never on the process, so all ranks draw the same subset."""
-    whole = int(math.floor(rate + 1e-9))
-    frac = rate - whole
-    k = int(round(n * frac))
-    rng = random.Random(f"{seed}:{name}")
-    extra = sorted(rng.sample(range(n), k)) if k else []
-    return [i for _ in range(whole) for i in range(n)] + extra
+    from qwenvl.data.mixture import seeded_draw
+
+    return seeded_draw(range(n), int(round(n * rate)), seed, name)
 
 
-def load_annotations(spec: DatasetSpec, seed: int) -> list[dict]:
-    """Read one registered file and apply its sampling rate. Each record gains ``_source`` (registry name,
+def read_records(spec: DatasetSpec) -> list[dict]:
+    """Every record of one registered file, in file order, each with a ``_source`` block (registry name,
     annotation path, record index) so later stages can report problems precisely."""
     path = Path(spec.annotation_path)
     try:
@@ -211,12 +303,29 @@ def load_annotations(spec: DatasetSpec, seed: int) -> list[dict]:
             f"{path}: records {bad[:10]} are not JSON objects; each record must be "
             '{"image": ..., "conversations": [...]} (see qwenvl/flare/schema.py)'
         )
-    out = []
-    for i in sample_indices(len(records), spec.rate, seed, spec.name):
-        rec = dict(records[i])
-        rec["_source"] = {"dataset": spec.name, "file": str(path), "index": i, "data_path": spec.data_path}
-        out.append(rec)
-    return out
+    source = {"dataset": spec.name, "file": str(path), "data_path": spec.data_path}
+    return [{**r, "_source": {**source, "index": i}} for i, r in enumerate(records)]
+
+
+def load_annotations(spec: DatasetSpec, seed: int) -> list[dict]:
+    """Read one registered file and apply its sampling rate (:func:`sample_indices`)."""
+    records = read_records(spec)
+    return [dict(records[i]) for i in sample_indices(len(records), spec.rate, seed, spec.name)]
+
+
+def draw_training_records(
+    specs: list[DatasetSpec], seed: int, temperature: float = 1.0
+) -> tuple[list[dict], list[Any]]:
+    """The training draw of several registered files: each dataset's ``%NN`` size, shared by the mixture
+    temperature, balanced over classes where ``+balanced`` asks (:func:`qwenvl.data.mixture.plan_mixture`).
+    ``(records in draw order, one DatasetDraw per dataset)``; ``ValueError`` names a dataset left with no
+    draw or a +balanced dataset without classes."""
+    from qwenvl.data.mixture import plan_mixture
+
+    files = [(spec, read_records(spec)) for spec in specs]
+    draws = plan_mixture([(s.name, recs, s.rate, s.balanced) for s, recs in files], temperature, seed)
+    records = [dict(recs[i]) for (_, recs), draw in zip(files, draws) for i in draw.indices]
+    return records, draws
 
 
 refresh_registry()

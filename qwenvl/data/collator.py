@@ -12,7 +12,10 @@ never needs ``mm_token_type_ids`` (transformers 5.x) and never recomputes positi
 Every batch carries statistics as python ints under keys starting with ``stat_`` (the trainer pops them before
 the forward): ``stat_num_samples``, ``stat_num_skipped``, ``stat_num_images``, ``stat_num_tokens`` (real
 tokens), ``stat_num_positions`` (``B * L``, padding included) and ``stat_num_supervised`` (labels != -100).
-A skipped item is ``None`` or a :class:`~qwenvl.data.dataset.SkippedRecord`; the descriptions of the latter
+Every batch also names its samples for the loss normalisation (:mod:`qwenvl.train.loss`; the trainer pops
+both before the forward): ``sample_datasets``, the registry name of each sample in order, and
+``sample_index``, a ``(B, L)`` tensor giving each position's sample (its index in ``sample_datasets``; -1 on
+padding). A skipped item is ``None`` or a :class:`~qwenvl.data.dataset.SkippedRecord`; the descriptions of the latter
 (dataset, file, record index, reason) are listed under ``skipped_records`` (a list of strings, present only when
 non-empty). A batch whose items were all skipped becomes a one-token placeholder with label -100 and
 ``stat_num_samples == 0``; it carries no supervised token, and the trainer gives it a zero loss (no gradient).
@@ -46,6 +49,11 @@ def _stats(samples: list[dict], n_skipped: int, positions: int, labels: torch.Te
         "stat_num_positions": positions,
         "stat_num_supervised": int((labels != IGNORE_INDEX).sum()),
     }
+
+
+def _name_samples(batch: dict[str, Any], samples: list[dict], sample_index: torch.Tensor) -> None:
+    batch["sample_datasets"] = [str(s.get("dataset", "")) for s in samples]
+    batch["sample_index"] = sample_index
 
 
 def _has_images(sample: dict) -> bool:
@@ -105,12 +113,14 @@ class PaddedCollator:
         attention_mask = torch.zeros((rows, width), dtype=torch.long)
         position_ids = torch.zeros((4, rows, width), dtype=torch.long)
         position_ids[0] = torch.arange(width, dtype=torch.long)  # text positions, padding included
+        sample_index = torch.full((rows, width), -1, dtype=torch.long)
         for r, s in enumerate(samples):
             n = int(s["input_ids"].numel())
             input_ids[r, :n] = s["input_ids"]
             labels[r, :n] = s["labels"]
             attention_mask[r, :n] = 1
             position_ids[1:, r, :n] = s["position_ids"]
+            sample_index[r, :n] = r
         batch: dict[str, Any] = {
             "input_ids": input_ids,
             "labels": labels,
@@ -118,6 +128,7 @@ class PaddedCollator:
             "position_ids": position_ids,
         }
         _add_pixels(batch, samples)
+        _name_samples(batch, samples, sample_index)
         batch.update(_stats(samples, n_skipped, rows * width, labels))
         return _name_skipped(batch, named)
 
@@ -140,12 +151,21 @@ class PackedCollator:
             pieces.append(lab)
         labels = torch.cat(pieces).unsqueeze(0)
         position_ids = torch.cat([_four_row_ids(s["position_ids"]) for s in samples], dim=1).unsqueeze(1)
+        sample_index = torch.cat(
+            [torch.full((int(s["input_ids"].numel()),), k, dtype=torch.long) for k, s in enumerate(samples)]
+        ).unsqueeze(0)
         batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
         _add_pixels(batch, samples)
+        _name_samples(batch, samples, sample_index)
         batch.update(_stats(samples, n_skipped, int(input_ids.shape[1]), labels))
         return _name_skipped(batch, named)
 
 
-def pop_stats(batch: dict[str, Any]) -> dict[str, int]:
-    """Remove and return every ``stat_*`` entry of ``batch`` (what the trainer does before the forward)."""
-    return {k: batch.pop(k) for k in [k for k in batch if k.startswith(STAT_PREFIX)]}
+SAMPLE_KEYS = ("sample_datasets", "sample_index")  # which sample each position is, for the loss
+
+
+def pop_stats(batch: dict[str, Any]) -> dict[str, Any]:
+    """Remove and return every entry of ``batch`` that is not a model input: the ``stat_*`` counts and the
+    sample names of :data:`SAMPLE_KEYS` (what the trainer does before the forward)."""
+    keys = [k for k in batch if k.startswith(STAT_PREFIX) or k in SAMPLE_KEYS]
+    return {k: batch.pop(k) for k in keys}

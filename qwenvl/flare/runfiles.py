@@ -14,8 +14,13 @@ An evaluation's ``output_dir`` holds the ``EVAL_*`` files below.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 TRAIN_LOG_JSONL = "train_log.jsonl"
@@ -23,6 +28,9 @@ TRAIN_LOG_TEXT = "train.log"
 DATASET_REPORT = "dataset_report.json"
 RUN_INFO = "run_info.json"
 GENERATION_EVAL_DIR = "generation_eval"
+GENERATION_PREFIX = (
+    "gen_"  # the log keys of the generation metrics during training (gen_all_<task>_<metric>...)
+)
 
 EVAL_PREDICTIONS = "predictions.json"
 EVAL_RAW_OUTPUTS = "raw_outputs.jsonl"
@@ -59,3 +67,23 @@ def newest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, lis
             return folder, skipped
         skipped.append(folder)
     return None, skipped
+
+
+def read_run_info(folder: str | Path) -> dict[str, Any]:
+    """The ``run_info.json`` of a run or checkpoint folder as a dict; ``{}`` when there is none (a base model,
+    a hub id) or it cannot be read (with a warning naming the file). Every tool that takes a checkpoint reads
+    what training recorded through this one function."""
+    path = Path(folder).expanduser() / RUN_INFO
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        log.warning(
+            "%s is not readable (%s); using the defaults instead of what training recorded", path, exc
+        )
+        return {}
+    if not isinstance(info, dict):
+        log.warning("%s holds a JSON %s, not an object; ignored", path, type(info).__name__)
+        return {}
+    return info

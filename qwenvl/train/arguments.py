@@ -18,6 +18,7 @@ own bundle (a :class:`RecipeArguments` subclass with its own ``training`` datacl
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import typing
@@ -28,10 +29,19 @@ from typing import Any, TypeVar
 
 import transformers
 
+from qwenvl.compat import hand_on_checkpointing
 from qwenvl.flare import defaults
+from qwenvl.flare.pixels import (
+    AUTO,
+    GLOBAL,
+    PER_DATASET,
+    POLICIES,
+    BudgetPlan,
+    pixels_to_tokens,
+    plan_problems,
+)
 from qwenvl.train.lora import DEFAULT_TARGETS, LoraSettings
-
-VISUAL_TOKEN_PIXELS = 32 * 32  # one LLM visual token: a 32x32 pixel block (patch 16, spatial merge 2)
+from qwenvl.train.loss import DATASET, NORMALISATIONS, SAMPLE, TOKEN
 
 
 @dataclass
@@ -82,15 +92,39 @@ class DataArguments:
             "help": "Labelled validation sets for eval loss, e.g. flare_retino_val,flare_busi_det_val."
         },
     )
-    max_pixels: int = field(
-        default=defaults.MAX_PIXELS,
+    pixel_policy: str = field(
+        default=AUTO,
         metadata={
-            "help": f"Most pixels per image after resizing ({defaults.MAX_PIXELS} = "
-            f"{defaults.MAX_PIXELS // VISUAL_TOKEN_PIXELS} visual tokens)."
+            "help": f"Image budgets. {PER_DATASET}: each dataset's images get the visual tokens the dataset "
+            "table gives it (chromosomes and cells many, a jaundice photo few; `python -m "
+            f"qwenvl.flare.pixels` lists them). {GLOBAL}: one budget, --min_pixels/--max_pixels, for every "
+            f"image (the guide's way). {AUTO} (default): {GLOBAL} when --min_pixels or --max_pixels is given, "
+            f"else {PER_DATASET}. Either way NAME@TOKENS in --dataset_use sets one dataset's budget."
         },
     )
-    min_pixels: int = field(
-        default=defaults.MIN_PIXELS, metadata={"help": "Fewest pixels per image after resizing."}
+    max_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Most pixels per image after resizing (default {defaults.MAX_PIXELS} = "
+            f"{pixels_to_tokens(defaults.MAX_PIXELS)} visual tokens of 32x32 pixels): every image's budget "
+            f"under --pixel_policy {GLOBAL}, the fallback for datasets outside the table under {PER_DATASET}."
+        },
+    )
+    min_pixels: int | None = field(
+        default=None,
+        metadata={
+            "help": f"Fewest pixels per image after resizing (default {defaults.MIN_PIXELS}); see --max_pixels."
+        },
+    )
+    mixture_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "How the training draws are shared between datasets: in proportion to size^(1/T), the "
+            "total unchanged (each size after its %%NN). 1 (default) keeps the sizes; 2 draws by the square "
+            "root (small datasets seen more often, not absurdly repeated); larger values approach equal "
+            "shares. NAME+balanced in --dataset_use also draws a classification / multi-label dataset's "
+            "share equally per class."
+        },
     )
     model_max_length: int = field(
         default=defaults.MODEL_MAX_LENGTH,
@@ -99,6 +133,16 @@ class DataArguments:
             "training and reported, never truncated."
         },
     )
+
+    def image_plan(self) -> BudgetPlan:
+        """The run's image budgets (:func:`qwenvl.data.plan_image_budgets`): the policy resolved, the global
+        budget, each dataset's of ``--dataset_use`` / ``--eval_dataset_use``. ``ValueError`` for a malformed
+        entry."""
+        from qwenvl.data import plan_image_budgets
+
+        return plan_image_budgets(
+            self.dataset_use, self.pixel_policy, self.min_pixels, self.max_pixels, self.eval_dataset_use
+        )
 
 
 @dataclass
@@ -171,6 +215,36 @@ class GenerationEvalArguments:
     generation_eval_samples: int = field(
         default=4, metadata={"help": "Records per validation dataset for --generation_eval_steps."}
     )
+    generation_eval_backend: str = field(
+        default="hf",
+        metadata={
+            "help": "hf: the training model's generate; vllm: a vLLM engine in the training process with the "
+            "current weights loaded (the vLLM environment, envs/vllm; one process, no ZeRO-3, no LoRA)"
+        },
+    )
+
+
+def _generation_backend_problems(gen: GenerationEvalArguments, lora: Any, training: Any) -> list[str]:
+    """What rules out ``--generation_eval_backend``'s value for this run."""
+    backend = gen.generation_eval_backend
+    if backend == "hf":
+        return []
+    if backend != "vllm":
+        return [f"--generation_eval_backend {backend!r}: choose hf or vllm"]
+    from qwenvl.eval import vllm_backend
+
+    where = "--generation_eval_backend vllm"
+    if not vllm_backend.vllm_available():
+        return [f"{where}: vLLM is not installed here. {vllm_backend.INSTALL_HINT}"]
+    sync = vllm_backend.weight_sync_problem()
+    problems = (
+        [f"{where} (the engine takes the training weights before each evaluation): {sync}"] if sync else []
+    )
+    if lora.lora_enable:
+        problems.append(f"{where} loads whole weights into the engine: not with --lora_enable (use hf)")
+    if getattr(training, "deepspeed", None):
+        problems.append(f"{where} needs whole weights in one process: not with --deepspeed (use hf)")
+    return problems
 
 
 def _cuda_available() -> bool:
@@ -200,6 +274,16 @@ class TrainingArguments(transformers.TrainingArguments):
             "CUDA, off without: there is nothing to copy to, and the dataloader would warn on every run)."
         },
     )
+    loss_normalisation: str = field(
+        default=TOKEN,
+        metadata={
+            "help": f"How an optimizer step's loss is averaged. {TOKEN} (default, the guide's): over every "
+            f"supervised token, so a 1,100-token chromosome answer outweighs hundreds of one-letter answers. "
+            f"{SAMPLE}: each sample's tokens averaged, then the samples. {DATASET}: each sample's tokens "
+            "averaged, the samples of each dataset averaged, then the datasets of the step. Exact under "
+            "gradient accumulation, padding, packing and several processes."
+        },
+    )
     warmup_ratio: float = field(
         default=0.0,
         metadata={
@@ -215,16 +299,8 @@ class TrainingArguments(transformers.TrainingArguments):
             if self.warmup_steps:
                 raise ValueError("give --warmup_ratio or --warmup_steps, not both")
             self.warmup_steps = self.warmup_ratio  # a float below 1 is a ratio of the total steps
-        # The guide's --gradient_checkpointing is transformers 5's --activation_checkpointing under its old
-        # name: hand it on under the new one, so that no run prints the deprecation warning. Afterwards
-        # transformers sets both names to the same value, so code reading either keeps working.
-        for old, new in (
-            ("gradient_checkpointing", "activation_checkpointing"),
-            ("gradient_checkpointing_kwargs", "activation_checkpointing_kwargs"),
-        ):
-            if getattr(self, new, None) is None and getattr(self, old, None) is not None:
-                setattr(self, new, getattr(self, old))
-                setattr(self, old, None)
+        # The guide's --gradient_checkpointing: under the name this transformers reads, without its warning.
+        hand_on_checkpointing(self)
         super().__post_init__()
 
 
@@ -289,6 +365,7 @@ def recipe_problems(args: RecipeArguments) -> list[str]:
     gen = args.generation_eval
     if gen.generation_eval_steps < 0 or gen.generation_eval_samples < 1:
         problems.append("--generation_eval_steps must be >= 0 and --generation_eval_samples >= 1")
+    problems.extend(_generation_backend_problems(gen, lora, training))
     eval_on = str(getattr(training.eval_strategy, "value", training.eval_strategy)) != "no"
     if eval_on and not data.eval_dataset_use:
         problems.append(
@@ -330,6 +407,10 @@ def check_arguments(args: SFTArguments) -> list[str]:
     """Every problem with the combination of a supervised run's arguments (empty list: all good)."""
     problems = recipe_problems(args)
     data, packing = args.data, args.packing
+    if args.training.loss_normalisation not in NORMALISATIONS:
+        problems.append(
+            f"--loss_normalisation {args.training.loss_normalisation!r}: choose one of {', '.join(NORMALISATIONS)}"
+        )
     budget = packing.packing_max_tokens
     if budget is not None and budget < data.model_max_length:
         problems.append(
@@ -345,14 +426,17 @@ def check_arguments(args: SFTArguments) -> list[str]:
 
 def _data_problems(data: DataArguments) -> list[str]:
     problems: list[str] = []
-    if data.min_pixels > data.max_pixels:
+    if data.pixel_policy not in POLICIES:
+        problems.append(f"--pixel_policy {data.pixel_policy!r}: choose one of {', '.join(POLICIES)}")
+    elif data.dataset_use:
+        try:
+            problems.extend(plan_problems(data.image_plan()))
+        except ValueError as e:
+            problems.append(str(e))
+    if not (math.isfinite(data.mixture_temperature) and data.mixture_temperature > 0):
         problems.append(
-            f"--min_pixels {data.min_pixels} is larger than --max_pixels {data.max_pixels}; "
-            "swap them or lower --min_pixels"
-        )
-    if data.max_pixels < VISUAL_TOKEN_PIXELS:
-        problems.append(
-            f"--max_pixels {data.max_pixels} is below one visual token (32x32 = 1024 pixels); use >= 1024"
+            f"--mixture_temperature {data.mixture_temperature} must be a positive number (1: the datasets' "
+            "sizes, 2: their square roots)"
         )
     if data.model_max_length < 64:
         problems.append(f"--model_max_length {data.model_max_length} is too short for any sample; use >= 64")

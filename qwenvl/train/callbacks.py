@@ -20,6 +20,7 @@ from qwenvl.flare.jsonio import write_json_atomic
 from qwenvl.flare.paths import REPO_ROOT
 from qwenvl.flare.runfiles import (
     CHECKPOINT_COMPLETE,
+    GENERATION_PREFIX,
     RUN_FILE,
     RUN_INFO,
     TRAIN_LOG_JSONL,
@@ -163,12 +164,20 @@ class RunRecordCallback(TrainerCallback):
     A resumed run appends; lines for steps after the resumed checkpoint (written before the interruption)
     are dropped first, so no step appears twice. With ``echo`` each ``train.log`` line is printed too (the
     console's log when there is no progress bar).
+
+    ``record_sets`` names the records of the evaluations during training (``{"eval": ..., "generation": ...}``,
+    each :func:`qwenvl.flare.schema.describe_records`): ``run.json`` keeps them (``evaluation_records``), the
+    start line states them, and every ``eval_loss`` line (``eval_records``) and generation-metrics line
+    (``gen_records``) says which records it is on: converted records, not the organisers' headline.
     """
 
-    def __init__(self, output_dir: str | Path, run_args: dict, echo: bool = False):
+    def __init__(
+        self, output_dir: str | Path, run_args: dict, echo: bool = False, record_sets: dict | None = None
+    ):
         self.dir = Path(output_dir)
         self.run_args = run_args
         self.echo = echo
+        self.record_sets = record_sets or {}
         self.t0 = time.time()
         self.last_time = self.t0
         self.last_step = 0
@@ -231,10 +240,17 @@ class RunRecordCallback(TrainerCallback):
             hostname=platform.node(),
             argv=sys.argv,
             args=self.run_args,
+            evaluation_records=self.record_sets,
         )
         verb = f"resumed at step {state.global_step}" if resumed else "started"
+        named = [
+            f"{what} on {self.record_sets[key]['text']}"
+            for key, what in (("eval", "eval loss"), ("generation", "generation metrics"))
+            if key in self.record_sets
+        ]
         self._append(
-            {"event": "start", "step": state.global_step, "time": time.time()}, f"[{now}] run {verb}"
+            {"event": "start", "step": state.global_step, "time": time.time()},
+            f"[{now}] run {verb}" + "".join(f"; {n}" for n in named),
         )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -261,6 +277,15 @@ class RunRecordCallback(TrainerCallback):
             if key in record:
                 v = record[key]
                 parts.append(f"{key} {v:.4g}" if isinstance(v, float) else f"{key} {v}")
+        if "eval_loss" in record and "eval" in self.record_sets:
+            record["eval_records"] = self.record_sets["eval"]["text"]
+            parts.append(f"eval loss on {record['eval_records']}")
+        generation = {k: v for k, v in record.items() if k.startswith(GENERATION_PREFIX + "all_")}
+        if generation:
+            parts += [f"{k} {v:.4g}" for k, v in generation.items()]
+            if "generation" in self.record_sets:
+                record["gen_records"] = self.record_sets["generation"]["text"]
+                parts.append(f"generation metrics on {record['gen_records']}")
         if record.get("skipped_records"):
             parts.append(
                 f"skipped records (empty batches so far {record.get('empty_batches', 0)}): "

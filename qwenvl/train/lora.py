@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from qwenvl.compat import quiet_checkpointing_reads
 from qwenvl.flare.runfiles import RUN_INFO
 from qwenvl.train.params import LLM, MERGER, VISION, parameter_group
 
@@ -164,7 +165,8 @@ def apply_lora(
         modules_to_save=to_save or None,
         bias="none",
     )
-    peft_model = get_peft_model(model, config)
+    with quiet_checkpointing_reads():  # PEFT reads a property transformers 5.2x deprecates
+        peft_model = get_peft_model(model, config)
     upcast_trainable(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     logger.info(

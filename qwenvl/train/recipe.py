@@ -44,13 +44,18 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import transformers
 
+from qwenvl.bench.projection import cost_lines, mix_cost
+from qwenvl.compat import recover_interrupted_builds, zero3_on_gloo_problem
 from qwenvl.data.collator import PackedCollator, PaddedCollator
 from qwenvl.data.dataset import SupervisedDataset, build_supervised_dataset
+from qwenvl.flare.pixels import BudgetPlan, describe_plan
 from qwenvl.flare.runfiles import CHECKPOINT_COMPLETE, DATASET_REPORT, newest_complete_checkpoint
+from qwenvl.flare.schema import describe_records
+from qwenvl.flare.vocabulary import AnswerVocabulary, training_vocabularies, vocabulary_table
 from qwenvl.model import ModelNotFoundError, load_model, load_processor
 from qwenvl.train.arguments import RecipeArguments, SFTArguments, TrainingArguments
 from qwenvl.train.callbacks import (
@@ -72,6 +77,10 @@ class RecipeError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ launching
+# What torchrun sets for each worker, about its place among the workers.
+_TORCHRUN_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK")
+
+
 def init_cpu_distributed(argv: list[str]) -> list[str]:
     """Several processes without a GPU (the demo, CI), with DeepSpeed or plain DDP: set up the gloo process
     group and accelerate's (DeepSpeed or multi-CPU) state before TrainingArguments exist, and tell
@@ -86,6 +95,11 @@ def init_cpu_distributed(argv: list[str]) -> list[str]:
     if torch.cuda.is_available() or "WORLD_SIZE" not in os.environ:
         return argv
     if not on_deepspeed and int(os.environ["WORLD_SIZE"]) < 2:
+        # One process under torchrun: with torchrun's rank variables accelerate opens a one-process gloo group
+        # that the Trainer then does not use, and transformers warns "process group is initialized, but
+        # parallel_mode != ParallelMode.DISTRIBUTED". Without them the run is the plain single process it is.
+        for name in _TORCHRUN_RANK_VARIABLES:
+            os.environ.pop(name, None)
         return argv
     if any(a.startswith("--accelerator_config") for a in argv):
         return argv  # the user configures accelerate themselves
@@ -116,6 +130,7 @@ def run_recipe(
 
     import torch.distributed as dist
 
+    recover_interrupted_builds()  # before DeepSpeed builds its ops (the CPU process group builds one)
     argv = init_cpu_distributed(sys.argv[1:] if argv is None else argv)
     parse, recipe_class = mode()
     try:
@@ -135,10 +150,30 @@ def run_recipe(
         return 2
     recipe.train()
     if dist.is_available() and dist.is_initialized():
-        # Torn down here, not left to the interpreter's exit: there gloo's threads sometimes abort a rank
-        # after a finished run ("terminate called without an active exception", exit status -6).
+        # Torn down here, not left to the interpreter's exit (see exit_process). The barrier first: no rank
+        # tears its group down while another is still finishing (seen on a loaded 2-core machine).
+        dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def exit_process(status: int) -> NoReturn:
+    """How a training entry point run as a script ends. One of several processes whose run finished (status 0)
+    runs Python's at-exit functions (an experiment tracker ends its run there), flushes its logs and streams,
+    and leaves without the interpreter's finalization: there, as gloo's and DeepSpeed's C++ objects are
+    destroyed, a rank of a finished run sometimes aborted ("terminate called without an active exception",
+    exit status -6, in CI) and torchrun reported the whole run as failed, which stops a job script before its
+    evaluation. Everything else ends as usual, with ``status``."""
+    import atexit
+    import sys
+
+    if status == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    sys.exit(status)
 
 
 def resolve_resume(training: transformers.TrainingArguments) -> str | None:
@@ -185,21 +220,62 @@ def load_training_processor(model_path: str, min_pixels: int, max_pixels: int, *
 
 
 def load_training_datasets(
-    processor: Any, dataset_use: str, model_max_length: int, seed: int, eval_dataset_use: str = ""
+    processor: Any,
+    dataset_use: str,
+    model_max_length: int,
+    seed: int,
+    eval_dataset_use: str = "",
+    pixel_plan: BudgetPlan | None = None,
+    mixture_temperature: float = 1.0,
 ) -> tuple[SupervisedDataset, SupervisedDataset | None]:
     """``(train, eval)``: the labelled records of ``dataset_use`` (``"name%NN,..."``, the ``%NN`` draw seeded by
-    ``seed``), each checked and its exact token length compared with ``model_max_length`` (over-long ones are
+    ``seed``), each checked and its exact token length, with its images within its dataset's budget of
+    ``pixel_plan`` (``None``: the processor's limits), compared with ``model_max_length`` (over-long ones are
     dropped and reported, never truncated); ``eval`` likewise from ``eval_dataset_use``, ``None`` when it is
-    empty. ``KeyError`` names an unknown dataset, ``ValueError`` an unreadable or answer-less file."""
-    train = build_supervised_dataset(dataset_use, processor, model_max_length, seed=seed, require_labels=True)
+    empty. The training draw follows ``mixture_temperature`` and ``+balanced`` (:mod:`qwenvl.data.mixture`).
+    ``KeyError`` names an unknown dataset, ``ValueError`` an unreadable or answer-less file, a dataset left
+    without draws or a ``+balanced`` dataset without classes."""
+    train = build_supervised_dataset(
+        dataset_use,
+        processor,
+        model_max_length,
+        seed=seed,
+        require_labels=True,
+        pixel_plan=pixel_plan,
+        mixture_temperature=mixture_temperature,
+    )
     evaluation = (
         build_supervised_dataset(
-            eval_dataset_use, processor, model_max_length, seed=seed, require_labels=True
+            eval_dataset_use,
+            processor,
+            model_max_length,
+            seed=seed,
+            require_labels=True,
+            pixel_plan=pixel_plan,
         )
         if eval_dataset_use
         else None
     )
     return train, evaluation
+
+
+def over_length_datasets(dataset: SupervisedDataset) -> list[str]:
+    """Why a dataset lost every record to the length limit, one line per such dataset with the fix (empty:
+    none did). A whole dataset dropped means its image budget cannot fit ``model_max_length`` for any record:
+    an error before the model loads, not hours of training without it."""
+    out = []
+    for name, d in dataset.report["datasets"].items():
+        if d["drawn"] and not d["kept"] and d.get("over_length") == d["drawn"]:
+            budget = d.get("image_budget")
+            shortest = d["length"]["median"] if "length" in d else None
+            out.append(
+                f"{name}: every one of its {d['drawn']} records is longer than --model_max_length "
+                f"{dataset.model_max_length} (median {shortest} tokens"
+                + (f" with images of up to {budget['max_tokens']} visual tokens" if budget else "")
+                + f"): raise --model_max_length to {d['length_to_keep_all']} (MAX_LENGTH) or give the dataset a "
+                f"smaller image budget ({name}@TOKENS in --dataset_use)"
+            )
+    return out
 
 
 def training_dtype(training: transformers.TrainingArguments, lora: bool) -> str:
@@ -286,6 +362,7 @@ class TrainingRecipe:
         self.eval_dataset: Any = None
         self.generation_records: list[dict] | None = None
         self.run_info: dict[str, Any] = {}
+        self.pixel_plan: BudgetPlan | None = None  # the image budget of every dataset (setup_processor)
         self.model: Any = None
         self.trainer: Any = None
         self.checkpoint_files: CheckpointFilesCallback | None = None
@@ -294,7 +371,10 @@ class TrainingRecipe:
     def setup(self) -> None:
         """Build everything up to a ready trainer. :class:`RecipeError` (nothing loaded past it) for a model
         that cannot be found, an unknown or unreadable dataset, or no training sample left."""
+        self.check_software()
         transformers.set_seed(self.args.training.seed)
+        if self.args.training.disable_tqdm:  # no bar at all, from the weight loader's on (setup_callbacks)
+            transformers.utils.logging.disable_progress_bar()
         self.processor = self.setup_processor()
         self.train_dataset, self.eval_dataset, self.generation_records = self.setup_data()
         self.run_info = self.record_run()
@@ -321,14 +401,38 @@ class TrainingRecipe:
             )
 
     # -- the steps ----------------------------------------------------------------------------------
+    def check_software(self) -> None:
+        """:class:`RecipeError` where the installed libraries would train this run wrongly: ZeRO-3 on CPU
+        processes with a DeepSpeed whose gloo gathers do not wait for every piece (:mod:`qwenvl.compat`)."""
+        import torch
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled() and not torch.cuda.is_available():
+            problem = zero3_on_gloo_problem()
+            if problem:
+                raise RecipeError(problem)
+
     def setup_processor(self) -> Any:
-        data = self.args.data
+        """The processor with the run's global image budget (what a checkpoint's saved processor then holds);
+        each dataset's own budget (``self.pixel_plan``) is applied per record."""
+        try:
+            self.pixel_plan = self.resolve_pixel_plan()
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
+        default = self.pixel_plan.default
         try:
             return load_training_processor(
-                self.args.model.model_name_or_path, data.min_pixels, data.max_pixels
+                self.args.model.model_name_or_path, default.min_pixels, default.max_pixels
             )
         except ModelNotFoundError as e:
             raise RecipeError(str(e)) from e
+
+    def resolve_pixel_plan(self) -> BudgetPlan:
+        """The image budget of every dataset of the run (``--pixel_policy``, the dataset table, ``NAME@TOKENS``;
+        :meth:`DataArguments.image_plan <qwenvl.train.arguments.DataArguments.image_plan>`)."""
+        plan = self.args.data.image_plan()
+        logger.info("Image budgets (%s): %s", plan.policy, describe_plan(plan))
+        return plan
 
     def setup_data(self) -> tuple[Any, Any, list[dict] | None]:
         """``(train, eval, generation_records)``; the datasets log their report (records kept and dropped)."""
@@ -340,6 +444,8 @@ class TrainingRecipe:
                 data.model_max_length,
                 self.args.training.seed,
                 eval_dataset_use=data.eval_dataset_use,
+                pixel_plan=self.pixel_plan,
+                mixture_temperature=data.mixture_temperature,
             )
             records = None
             if gen.generation_eval_steps > 0:
@@ -352,6 +458,17 @@ class TrainingRecipe:
             raise RecipeError(e.args[0] if e.args else str(e)) from e
         if len(train) == 0:
             raise RecipeError("no training sample left after the checks; see the report above")
+        starved = [
+            line
+            for dataset in (train, evaluation)
+            if dataset is not None
+            for line in over_length_datasets(dataset)
+        ]
+        if starved:
+            raise RecipeError("\n".join(starved))
+        if self.args.training.process_index == 0:
+            vision = bool(getattr(self.args.model, "tune_mm_vision", False))
+            logger.info("%s", "\n".join(cost_lines(train.report, vision_trained=vision)))
         for dataset in (train, evaluation):
             if dataset is not None:  # a record that fails at training time is named in the run's log
                 dataset.skip_markers = True
@@ -359,8 +476,8 @@ class TrainingRecipe:
 
     def record_run(self) -> dict[str, Any]:
         """``run_info.json``'s content, which every checkpoint gets: the resolved arguments, the seed, the
-        dataset mix with its counts, versions, git commit and base model. Rank 0 writes the dataset part to
-        ``<output_dir>/dataset_report.json`` now, before the model loads."""
+        dataset mix with its counts, the answer vocabularies, versions, git commit and base model. Rank 0
+        writes the dataset part to ``<output_dir>/dataset_report.json`` now, before the model loads."""
         training = self.args.training
         info = {
             "arguments": self.args.as_record(),
@@ -369,6 +486,11 @@ class TrainingRecipe:
                 "train": self.train_dataset.report,
                 "eval": self.eval_dataset.report if self.eval_dataset else None,
             },
+            "pixel_budgets": self.pixel_plan.as_record() if self.pixel_plan is not None else None,
+            "projected_epoch": mix_cost(
+                self.train_dataset.report, vision_trained=self.args.model.tune_mm_vision
+            ).as_record(),
+            "answer_vocabulary": vocabulary_table(self.answer_vocabularies()),
             "versions": versions(),
             "git_commit": git_commit(),
             "base_model": self.args.model.model_name_or_path,
@@ -377,6 +499,12 @@ class TrainingRecipe:
             Path(training.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(training.output_dir) / DATASET_REPORT).write_text(json.dumps(info["datasets"], indent=2))
         return info
+
+    def answer_vocabularies(self) -> dict[str, dict[str, AnswerVocabulary]]:
+        """The answer vocabulary of every option-task dataset trained on (run_info.json's
+        ``answer_vocabulary``, what evaluation and the submission write answers in): as the converter recorded
+        it, else learnt from the training answers (:func:`~qwenvl.flare.vocabulary.training_vocabularies`)."""
+        return training_vocabularies(sample.record for sample in self.train_dataset.samples)
 
     def setup_model(self) -> Any:
         """The weights of ``--model_name_or_path`` in :func:`training_dtype`, through
@@ -417,13 +545,18 @@ class TrainingRecipe:
             trainer.checkpoint_writers.append(self.checkpoint_files.save_to)
             self.checkpoint_files.written_by_trainer = True
         self.stopper = GracefulStopCallback()
-        # Without a progress bar (--disable_tqdm) no bar at all, the checkpoint writer's included, and the console
-        # gets train.log's one-line records instead of the Trainer's dicts.
+        # Without a progress bar (--disable_tqdm) no bar at all, the weight loader's and the checkpoint writer's
+        # included (switched off in setup, before the model loads), and the console gets train.log's one-line
+        # records instead of the Trainer's dicts.
         echo = bool(self.args.training.disable_tqdm)
         if echo:
-            transformers.utils.logging.disable_progress_bar()
             trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
-        record = RunRecordCallback(self.args.training.output_dir, self.run_info["arguments"], echo=echo)
+        record = RunRecordCallback(
+            self.args.training.output_dir,
+            self.run_info["arguments"],
+            echo=echo,
+            record_sets=self.record_sets(),
+        )
         for callback in (self.checkpoint_files, self.stopper, record):
             trainer.add_callback(callback)
         if self.generation_records:
@@ -431,8 +564,27 @@ class TrainingRecipe:
 
             steps = self.args.generation_eval.generation_eval_steps
             trainer.add_callback(
-                GenerationEvalCallback(self.generation_records, self.processor, steps, log_fn=trainer.log)
+                GenerationEvalCallback(
+                    self.generation_records,
+                    self.processor,
+                    steps,
+                    log_fn=trainer.log,
+                    pixel_plan=self.pixel_plan,
+                    backend=self.args.generation_eval.generation_eval_backend,
+                    model_path=self.args.model.model_name_or_path,
+                )
             )
+
+    def record_sets(self) -> dict[str, dict]:
+        """What the evaluations during training are on (the run log names them): ``eval`` (the eval loss: the
+        kept records of ``--eval_dataset_use``) and ``generation`` (the generation metrics' subset), each
+        :func:`~qwenvl.flare.schema.describe_records`."""
+        sets = {}
+        if self.eval_dataset is not None:
+            sets["eval"] = describe_records([sample.record for sample in self.eval_dataset.samples])
+        if self.generation_records:
+            sets["generation"] = describe_records(self.generation_records)
+        return sets
 
     def save_final_model(self) -> None:
         """Unless ``--save_strategy no``: the model, processor, run_info.json and trainer state in

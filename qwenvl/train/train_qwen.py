@@ -12,8 +12,6 @@ stderr, for anything wrong before training starts.
 
 from __future__ import annotations
 
-import sys
-
 
 def main(argv: list[str] | None = None) -> int:
     from qwenvl.train.recipe import run_recipe
@@ -28,4 +26,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from qwenvl.train.recipe import exit_process
+
+    exit_process(main())

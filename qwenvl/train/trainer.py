@@ -6,7 +6,9 @@
    offloaded to CPU the same groups go to DeepSpeedCPUAdam (ZeRO-Offload refuses a plain torch optimizer).
 2. Loss normalised per supervised token across gradient accumulation (and across ranks): the loss of a
    micro-batch is its summed token cross-entropy divided by the number of supervised tokens in the whole
-   optimizer step, which the Trainer counts when a ``compute_loss_func`` is given. Logits are computed only
+   optimizer step, which the Trainer counts when a ``compute_loss_func`` is given. ``--loss_normalisation
+   sample`` / ``dataset`` weigh each sample (or each dataset) of the step equally instead, from counts over
+   the whole step gathered before its first micro-batch (:mod:`qwenvl.train.loss`). Logits are computed only
    for the (row, position) pairs that predict a supervised token: FLARE answers are a few tokens after
    hundreds of prompt and image tokens, and a 151,936-way vocabulary projection of every position would
    dominate time and memory. The model's forward keeps the positions supervised in any row
@@ -45,6 +47,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from qwenvl.data.packing import PackedBatchSampler, PackedEpochCallback, packed_dataloader, unshard
 from qwenvl.data.processing import IGNORE_INDEX
+from qwenvl.train.loss import TOKEN, StepCounts, sample_weights, weighted_token_loss
 from qwenvl.train.params import group_learning_rates, optimizer_param_groups
 
 STAT_PREFIX = "stat_"
@@ -253,6 +256,8 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
         kwargs.setdefault("compute_loss_func", causal_lm_loss)
         super().__init__(*args, **kwargs)
         self._init_qwenvl(vision_lr, merger_lr)
+        self.loss_normalisation = getattr(self.args, "loss_normalisation", TOKEN)
+        self._step_counts: StepCounts | None = None  # samples of the optimizer step about to be taken
         self.packing_max_tokens = packing_max_tokens
         self.packed_sampler: PackedBatchSampler | None = None
         self._packed_epochs: PackedEpochCallback | None = None
@@ -302,9 +307,24 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
             logger.info("Packing: %s", sampler.summary(0).describe())
         return loader
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's micro-batches of one optimizer step, and with sample or dataset normalisation their
+        sample counts over every rank (:class:`~qwenvl.train.loss.StepCounts`), before the first one runs."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.loss_normalisation != TOKEN:
+            counts = StepCounts.of_batches(batches)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                parts: list = [None] * dist.get_world_size()
+                dist.all_gather_object(parts, counts)
+                counts = StepCounts.merged(parts)
+            self._step_counts = counts
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         stats = {k[len(STAT_PREFIX) :]: inputs.pop(k) for k in list(inputs) if k.startswith(STAT_PREFIX)}
         skipped = inputs.pop("skipped_records", None) or []
+        datasets = inputs.pop("sample_datasets", None) or []
+        sample_index = inputs.pop("sample_index", None)
         labels = inputs.pop("labels")
         empty = not bool((labels[:, 1:] != IGNORE_INDEX).any())
         if model.training:
@@ -339,9 +359,20 @@ class QwenVLTrainer(QwenVLTrainerMixin, Trainer):
         rows = targets != IGNORE_INDEX
         with project_rows(self.accelerator.unwrap_model(model).get_output_embeddings(), rows):
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
-        loss = kept_positions_loss(outputs.logits, targets[rows], num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # The Trainer averages gradients over ranks; num_items_in_batch already sums all ranks' tokens.
+        if self.loss_normalisation == TOKEN or sample_index is None:
+            loss = kept_positions_loss(outputs.logits, targets[rows], num_items_in_batch)
+            global_counts = self.args.average_tokens_across_devices and num_items_in_batch is not None
+        else:
+            # Each sample (or dataset) of the step weighs the same; the step's counts span every rank when
+            # training, only this micro-batch when evaluating.
+            counts = self._step_counts if model.training and self._step_counts else None
+            global_counts = counts is not None
+            counts = counts or StepCounts.of_batches([{"sample_datasets": datasets}])
+            weights = sample_weights(self.loss_normalisation, datasets, counts)
+            token_sample = sample_index[:, keep + 1][rows]
+            loss = weighted_token_loss(outputs.logits, targets[rows], token_sample, weights)
+        if global_counts:
+            # The Trainer averages gradients over ranks; the counts already span all ranks.
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
