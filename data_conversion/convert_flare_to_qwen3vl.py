@@ -24,7 +24,7 @@ from data_conversion.converter import (
     resolve_conversion_datasets,
 )
 from data_conversion.report import finding_notes
-from data_conversion.summary import summary_notes, summary_table
+from data_conversion.summary import summary_notes, summary_table, vocabulary_table
 from qwenvl.flare.datasets import FLARE_DATASETS, STARTER_DATASETS
 from qwenvl.flare.paths import default_converted_dir, default_raw_dir
 
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return 2
     console.print(summary_table(report))
+    vocabularies = vocabulary_table(report)
+    if vocabularies is not None:
+        console.print(vocabularies)
     for note in summary_notes(report) + finding_notes(report):
         console.print(f"  {note}", highlight=False, soft_wrap=True)
     console.print(f"Converted files and {REPORT_NAME} in {report['settings']['output_dir']}", highlight=False)

@@ -2,8 +2,10 @@
 
 One entry per (dataset, output split), built from that split's :class:`SplitResult`; every entry holds
 ``raw = converted + skipped`` (noisy records converted under ``--keep_noisy`` count as converted and are
-listed in ``kept_noisy``). Each entry also counts the prompt rules applied (``prompt_rules``) and, for ``val``,
-the records whose images are byte-identical to training images (``train_val_leaks``). A run replaces only the entries it touched and keeps the others, so the report
+listed in ``kept_noisy``). Each entry also counts the prompt rules applied (``prompt_rules``), records the
+answer vocabulary of each option task type of a labelled split (``answer_vocabulary``: option letters or texts,
+the separator, the case, learnt from its answers once, here) and, for ``val``, the records whose images are
+byte-identical to training images (``train_val_leaks``). A run replaces only the entries it touched and keeps the others, so the report
 always describes the files in the output folder (``data_conversion/README.md``, "What is skipped, and the
 report", lists the fields). Nothing is written here; the converter writes the merged report.
 """
@@ -20,10 +22,11 @@ from data_conversion.records import Skip
 from qwenvl.flare.datasets import FLARE_DATASETS
 from qwenvl.flare.raw import SPLIT_FOLDERS
 from qwenvl.flare.schema import NOISE_REASONS, SKIP_REASONS
+from qwenvl.flare.vocabulary import CONVERSION_REPORT, RUN_INFO_KEY, training_vocabularies
 
 TOOL_NAME = "convert_flare_to_qwen3vl"
 TOOL_VERSION = "1.0.0"
-REPORT_NAME = "conversion_report.json"
+REPORT_NAME = CONVERSION_REPORT  # conversion_report.json, where training and evaluation look for vocabularies
 
 # The output splits (``<dataset>_<split>.json``), in report order: train, val, val_hidden, test.
 OUTPUT_SPLITS = tuple(SPLIT_FOLDERS)
@@ -73,7 +76,10 @@ def report_entry(res: SplitResult, output_file: Path | None, settings: dict) -> 
         "input_dir": settings["input_dir"],
         "converted_at": settings["time"],
     }
-    if not res.labelled:
+    if res.labelled:
+        learnt = training_vocabularies(res.records).get(res.dataset, {})
+        entry[RUN_INFO_KEY] = {task: v.as_record() for task, v in sorted(learnt.items())}
+    else:
         entry["answers_ignored"] = res.answers_ignored
     if res.split == "val":
         entry["train_val_leaks"] = (
@@ -178,4 +184,10 @@ def finding_notes(report: dict) -> list[str]:
             )
         for reason, n in entry.get("kept_noisy", {}).items():
             notes.append(f"{dataset} {split}: kept {n} noisy record(s), {reason} (--keep_noisy)")
+        for task, vocabulary in (entry.get(RUN_INFO_KEY) or {}).items():
+            if vocabulary.get("n_other"):
+                notes.append(
+                    f"{dataset} {split}: {vocabulary['n_other']} of {vocabulary['n_answers']} {task} answers are "
+                    f"not written in option {vocabulary['kind']} like the others (the validator names them)"
+                )
     return notes

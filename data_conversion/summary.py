@@ -6,6 +6,7 @@ show the entries the report's last run wrote.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -21,6 +22,7 @@ from qwenvl.flare.schema import (
     SKIP_UNKNOWN_TASK,
     SKIP_UNPARSABLE_ANSWER,
 )
+from qwenvl.flare.vocabulary import RUN_INFO_KEY
 
 # Column headings of the skip reasons (a reason not listed is shown as itself).
 _SHORT = {
@@ -80,3 +82,24 @@ def summary_notes(report: dict, pairs: Iterable[Sequence[str]] | None = None) ->
             items.append("no output file written")
         notes += [f"{dataset} {split}: {item}" for item in items]
     return notes
+
+
+def vocabulary_table(report: dict, pairs: Iterable[Sequence[str]] | None = None) -> Table | None:
+    """A rich table of the answer vocabulary of each option-task dataset (``answer_vocabulary`` of its train
+    entry, else of its val entry) among ``pairs`` (default: the last run's entries); ``None`` when there is
+    none."""
+    rows = [(d, s, e) for d, s, e in _summary_rows(report, pairs) if e.get(RUN_INFO_KEY)]
+    with_train = {d for d, s, _ in rows if s == "train"}
+    rows = [(d, s, e) for d, s, e in rows if s == "train" or d not in with_train]
+    if not rows:
+        return None
+    table = Table(title="Answer vocabulary of the option tasks (what evaluation and submission answer in)")
+    for col in ("dataset", "split", "task type", "answers", "kind", "separator", "case", "other form"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("answers", "other form") else "left")
+    for dataset, split, e in rows:
+        for task, v in e[RUN_INFO_KEY].items():
+            separator = json.dumps(v["separator"]) if v.get("separator") is not None else "-"
+            table.add_row(
+                dataset, split, task, str(v["n_answers"]), v["kind"], separator, v["case"], str(v["n_other"])
+            )
+    return table

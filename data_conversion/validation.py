@@ -11,7 +11,10 @@ Warnings, each naming the dataset, split, file, record and ImageName: a val reco
 to an image of the dataset's train file (``train_val_leak``, one warning per record, so the records about one
 image are all named; the real FLARE25 data has some); known answer noise that ``--keep_noisy`` let through
 (``answer_not_an_option``, ``several_answers_single_label``: ``TaskType.raw_answer_problem``); a human turn that
-is not the task's prompt of ``meta.question`` (``prompt_mismatch``: converted by an older converter, or edited).
+is not the task's prompt of ``meta.question`` (``prompt_mismatch``: converted by an older converter, or edited);
+an option-task answer that is not written in its dataset's answer vocabulary (``answer_not_in_vocabulary``:
+option letters where the dataset answers in texts, or the other way round; the train file's vocabulary, as the
+converter recorded it).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from qwenvl.flare.schema import (
     record_problems,
 )
 from qwenvl.flare.tasks import TASKS
+from qwenvl.flare.vocabulary import AnswerVocabulary, recorded_vocabularies, training_vocabularies
 
 # Check names used in the report's "errors" / "warnings" entries (and EMPTY_ANSWER, the schema's own kind).
 UNREADABLE_FILE = "unreadable_file"
@@ -51,6 +55,9 @@ CORRUPT_IMAGE = "corrupt_image"
 DUPLICATE = "duplicate"
 BAD_BOX_ANSWER = "bad_box_answer"
 PROMPT_MISMATCH = "prompt_mismatch"  # a warning; TRAIN_VAL_LEAK and the noise reasons are warnings too
+NOT_IN_VOCABULARY = (
+    "answer_not_in_vocabulary"  # a warning: an option answer in another form than its dataset's
+)
 
 _FILE_RE = re.compile(r"^(?P<dataset>.+?)_(?P<split>train|val_hidden|val|test)\.json$")
 
@@ -266,6 +273,48 @@ def leak_warnings(train_path: Path, train: list, val_path: Path, val: list, imag
     return out
 
 
+def dataset_vocabularies(path: Path, records: list) -> dict[str, AnswerVocabulary]:
+    """``{task type: vocabulary}`` of one converted file: as the converter recorded it (the conversion report
+    beside it), else learnt from its labelled records."""
+    learnt = training_vocabularies(r for r in records if _well_formed(r))
+    merged: dict[str, AnswerVocabulary] = {}
+    for by_task in learnt.values():
+        merged.update(by_task)
+    return {**merged, **recorded_vocabularies(path)}
+
+
+def vocabulary_warnings(loaded: dict[tuple[str, str], tuple[Path, list]]) -> dict[str, list[Issue]]:
+    """Per file: one ``answer_not_in_vocabulary`` warning per labelled option-task record whose answer is not
+    written in its dataset's answer vocabulary (the train file's, else the file's own: option letters or
+    texts the question offers). The challenge compares answers as text, so such a record is scored 0 for a
+    model that answers in the dataset's vocabulary, and training on it teaches two forms."""
+    out: dict[str, list[Issue]] = {}
+    for (dataset, _split), (path, records) in sorted(loaded.items()):
+        source_path, source = loaded.get((dataset, "train"), (path, records))
+        vocabularies = dataset_vocabularies(source_path, source)
+        found = []
+        for index, rec in enumerate(records):
+            if not _well_formed(rec) or not _is_labelled(rec):
+                continue
+            meta = rec.get("meta") or {}
+            task = TASKS.get(meta.get("task_type"))
+            vocabulary = vocabularies.get(meta.get("task_type")) if task is not None else None
+            answer = rec["conversations"][1]["value"]
+            if vocabulary is None or not answer.strip():
+                continue
+            if not task.in_vocabulary(answer, meta.get("question"), vocabulary):
+                detail = (
+                    f"answer {answer[:80]!r} is not in {dataset}'s {task.name} answer vocabulary "
+                    f"({vocabulary.describe()}, from {source_path.name}; in form: "
+                    f"{task.answer_kind(answer, meta.get('question')) or 'no option'}): the challenge compares "
+                    "answers as text, so an answer in the dataset's vocabulary scores 0 here"
+                )
+                found.append(_issue(path, index, NOT_IN_VOCABULARY, detail, rec))
+        if found:
+            out[path.name] = found
+    return out
+
+
 def converted_files(converted_dir: Path) -> list[Path]:
     """Every ``*.json`` in ``converted_dir`` except the conversion report, sorted by name."""
     return sorted(p for p in converted_dir.glob("*.json") if p.is_file() and p.name != REPORT_NAME)
@@ -291,6 +340,9 @@ def validate(converted_dir: str | os.PathLike) -> dict:
         m = _FILE_RE.match(path.name)
         if m and data is not None:
             loaded[(m["dataset"], m["split"])] = (path, data)
+    for name, found in vocabulary_warnings(loaded).items():
+        warnings += found
+        files[name].warnings += len(found)
     for (dataset, split), (val_path, val) in sorted(loaded.items()):
         if split != "val" or (dataset, "train") not in loaded:
             continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# The scripts a test runs use the interpreter running the tests: the locked .venv through uv as the scripts
+# do by default, any other environment (CI's second one, .venv-low) as PYTHON= (scripts/_env.sh).
+if Path(sys.prefix).resolve() != (REPO / ".venv").resolve():
+    os.environ.setdefault("PYTHON", sys.executable)
 
 
 def pytest_collection_modifyitems(config, items):

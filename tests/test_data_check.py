@@ -131,7 +131,8 @@ def test_over_length_samples_are_counted_as_training_drops_them(clean: Path, pro
 
     names = ",".join(registry.registry_name(d) for d in STARTERS)
     registry.refresh_registry(clean)
-    lengths = build_supervised_dataset(names, processor, 100_000, seed=42).lengths  # every record, its length
+    plan = registry.plan_image_budgets(names)  # the budgets training (and the data check) give them
+    lengths = build_supervised_dataset(names, processor, 100_000, seed=42, pixel_plan=plan).lengths
     limit = sorted(lengths)[len(lengths) // 2]  # about half the records are longer
     expected_over = sum(n > limit for n in lengths)
     assert 0 < expected_over < len(lengths)
@@ -144,7 +145,7 @@ def test_over_length_samples_are_counted_as_training_drops_them(clean: Path, pro
     assert res.model.passed  # a drop is reported, not a failure: training runs without those records
     assert (
         f"   Over model_max_length {limit}: {expected_over} ⚠️ dropped from training (raise --model_max_length "
-        "or lower --max_pixels)"
+        "or lower the image budget: NAME@TOKENS, --max_pixels)"
     ) in lines
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from qwenvl.data import data_dict
-from qwenvl.data.dataset import SupervisedDataset, build_supervised_dataset
+from qwenvl.data.dataset import SupervisedDataset, build_supervised_dataset, format_report
 from qwenvl.data.processing import (
     IGNORE_INDEX,
     encode_record,
@@ -242,11 +242,41 @@ def test_over_length_dropped_and_reported_per_dataset(processor, tmp_path, monke
     long_len = estimate_length(mixed[1], processor, [(64, 64)])
     assert long_len > 300
 
+    short_len = estimate_length(short[0], processor, [(64, 64)])
+    assert {estimate_length(r, processor, [(64, 64)]) for r in short} == {short_len}
+
     ds = build_supervised_dataset("dp_short,dp_mixed", processor, model_max_length=200, seed=0)
+    four = {"median": 4, "max": 4}  # a 64x64 image is 2x2 blocks of 32x32 pixels
     assert ds.report["datasets"] == {
-        "dp_short": {"drawn": 3, "kept": 3, "dropped": {}},
-        "dp_mixed": {"drawn": 4, "kept": 2, "dropped": {"over_length": 2}},
+        "dp_short": {
+            "drawn": 3,
+            "kept": 3,
+            "dropped": {},
+            "length": {"median": short_len, "p95": short_len, "max": short_len},
+            "over_length": 0,
+            "length_to_keep_all": short_len,
+            "tokens": 3 * short_len,
+            "visual_tokens_per_image": four,
+            "kept_tokens": 3 * short_len,  # what an epoch trains on (the cost projection reads these)
+            "kept_visual_tokens": 12,
+            "kept_longest": short_len,
+        },
+        "dp_mixed": {  # lengths short, long, short, long: the too-long records are measured too
+            "drawn": 4,
+            "kept": 2,
+            "dropped": {"over_length": 2},
+            "length": {"median": short_len, "p95": long_len, "max": long_len},
+            "over_length": 2,
+            "length_to_keep_all": long_len,
+            "tokens": 2 * short_len + 2 * long_len,
+            "visual_tokens_per_image": four,
+            "kept_tokens": 2 * short_len,
+            "kept_visual_tokens": 8,
+            "kept_longest": short_len,
+        },
     }
+    table = format_report(ds.report)
+    assert f"--model_max_length {long_len} (MAX_LENGTH={long_len}) keeps them all" in table
     assert [(d["dataset"], d["index"], d["reason"]) for d in ds.report["dropped"]] == [
         ("dp_mixed", 1, "over_length"),
         ("dp_mixed", 3, "over_length"),
@@ -289,10 +319,12 @@ def test_check_reasons_missing_unreadable_invalid(processor, tmp_path, monkeypat
     _register(monkeypatch, "dp_checks", tmp_path / "checks.json", records)
     with caplog.at_level(logging.INFO, logger="qwenvl.data.dataset"):
         ds = build_supervised_dataset("dp_checks", processor, model_max_length=4096, seed=0)
-    assert ds.report["datasets"]["dp_checks"] == {
+    counts = {k: ds.report["datasets"]["dp_checks"][k] for k in ("drawn", "kept", "dropped", "over_length")}
+    assert counts == {
         "drawn": 7,
         "kept": 1,
         "dropped": {"missing_image": 2, "unreadable_image": 2, "invalid_record": 2},
+        "over_length": 0,
     }
     by_index = {d["index"]: d for d in ds.report["dropped"]}
     assert by_index[1]["reason"] == "missing_image" and missing in by_index[1]["detail"]
@@ -312,7 +344,9 @@ def test_sampling_rate_repeats_records(processor, tmp_path, monkeypatch) -> None
     img = _write(tmp_path / "a.png", 64, 64)
     _register(monkeypatch, "dp_rep", tmp_path / "rep.json", [_record([img], f"Q{k}", "A") for k in range(4)])
     ds = build_supervised_dataset("dp_rep%250", processor, model_max_length=4096, seed=3)
-    assert ds.report["datasets"]["dp_rep"] == {"drawn": 10, "kept": 10, "dropped": {}}
+    report = ds.report["datasets"]["dp_rep"]
+    assert (report["drawn"], report["kept"], report["dropped"]) == (10, 10, {})
+    assert report["tokens"] == sum(ds.lengths)  # every draw counts, repeats included
     assert len(ds.lengths) == 10
 
 
@@ -368,7 +402,8 @@ def test_sixteen_bit_xray_reaches_pixels_unsaturated(processor, tmp_path, monkey
 def test_records_without_registry_source(processor, tmp_path) -> None:
     img = _write(tmp_path / "a.png", 64, 64)
     ds = SupervisedDataset([_record([img], "Q?", "A"), {"conversations": "bad"}], processor, 4096)
-    assert ds.report["datasets"] == {"records": {"drawn": 2, "kept": 1, "dropped": {"invalid_record": 1}}}
+    report = ds.report["datasets"]["records"]
+    assert (report["drawn"], report["kept"], report["dropped"]) == (2, 1, {"invalid_record": 1})
     assert ds[0]["index"] == 0
 
 

@@ -79,7 +79,8 @@ Q = "Question: Which finding is shown? Options: A: Normal B: Polyp C: Ulcer"
         ("B.", None),
         ("T", ("answer_not_an_option", "answer 'T' is not one of the offered letters A, B, C")),
         ("D", ("answer_not_an_option", "answer 'D' is not one of the offered letters A, B, C")),
-        ("Polyp", ("answer_not_an_option", "answer 'Polyp' is not one of the offered letters A, B, C")),
+        ("Polyp", None),  # an option's own text: a dataset answering in texts
+        ("Polyps", ("answer_not_an_option", "answer 'Polyps' is not one of the offered letters A, B, C")),
         (
             "A B",
             ("several_answers_single_label", "answer 'A B' gives 2 letters on a single-label question (options A, B, C)"),
@@ -105,7 +106,8 @@ def test_noise_needs_options_and_a_single_label_task():
     [
         ("classification", Q, "A"),
         ("classification", "Is it benign?", "A"),
-        ("multi-label classification", Q, "A"),
+        ("multi-label classification", Q, "Normal"),  # the default vocabulary: option texts
+        ("multi-label classification", Q + ". Separate letters with commas.", "A"),  # the question's rule
         ("multi-label classification", "Which findings?", FALLBACK_TEXT),
         ("detection", "Where?", "[]"),
         ("instance_detection", "Where?", "{}"),

@@ -85,13 +85,37 @@ def test_guide_one_liner_prints_the_starters_first(converted):
 
 
 def test_parse_dataset_use():
-    assert reg.parse_dataset_use("a%50, b,c%250,d%12.5") == [("a", 0.5), ("b", 1.0), ("c", 2.5), ("d", 0.125)]
+    parsed = reg.parse_dataset_use("a%50, b,c%250,d%12.5")
+    assert [(u.name, u.rate, u.visual_tokens) for u in parsed] == [
+        ("a", 0.5, None),
+        ("b", 1.0, None),
+        ("c", 2.5, None),
+        ("d", 0.125, None),
+    ]
     with pytest.raises(ValueError, match="NAME%NUMBER"):
         reg.parse_dataset_use("a%x")
     with pytest.raises(ValueError, match="positive"):
         reg.parse_dataset_use("a%0")
     with pytest.raises(ValueError, match="empty"):
         reg.parse_dataset_use(" , ")
+
+
+def test_parse_dataset_use_image_budgets_compose_with_sampling():
+    parsed = reg.parse_dataset_use("flare_chromosome%50@1296,flare_neurips22cell@256-1024%25,flare_retino")
+    assert [(u.name, u.rate, u.visual_tokens) for u in parsed] == [
+        ("flare_chromosome", 0.5, (None, 1296)),
+        ("flare_neurips22cell", 0.25, (256, 1024)),
+        ("flare_retino", 1.0, None),
+    ]
+    for bad, message in (
+        ("a@0", "at least 1 token"),
+        ("a@300-200", "minimum 300 is above the maximum 200"),
+        ("a@big", "NAME@MAX or NAME@MIN-MAX"),
+        ("a%50%60", "each part at most once"),
+        ("@256", "NAME"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            reg.parse_dataset_use(bad)
 
 
 def test_unknown_name_lists_registered_and_conversion_command(converted):

@@ -30,6 +30,7 @@ from data_conversion.demo_tree.drawing import (
     draw_class_cue,
     draw_objects,
     draw_shape,
+    draw_texture_cue,
     new_image,
     place_box,
     place_boxes,
@@ -126,9 +127,11 @@ def _single(spec: DemoSpec, idx: int, img: Image.Image) -> list[GenImage]:
 
 
 def build_classification(spec: DemoSpec, rng: np.random.Generator, n: int) -> list[Sample]:
-    """Class k is drawn on every view of the record: as shape k in colour k, or, for a spec with ``tints``
-    (neojaundice: pink vs yellow skin), as the view's background tint k. The answer is option letter k."""
-    tints = spec.extra.get("tints")
+    """Class k is drawn on every view of the record: as shape k in colour k; for a spec with ``tints``
+    (neojaundice: pink vs yellow skin), as the view's background tint k; for a spec with ``texture``
+    (bcn20000: dermoscopic structures), as fine texture k inside a lesion of one size and mean colour, which
+    only a view at native resolution resolves. The answer is option letter k."""
+    tints, texture = spec.extra.get("tints"), spec.extra.get("texture")
     question = format_options(spec.stem, spec.labels, spec.option_style)
     samples = []
     for idx, k in enumerate(_balanced(rng, n, len(spec.labels))):
@@ -136,6 +139,8 @@ def build_classification(spec: DemoSpec, rng: np.random.Generator, n: int) -> li
         for stem in _view_stems(spec, idx):
             if tints:
                 img = new_image(spec, rng, tints[k])
+            elif texture:
+                img = draw_texture_cue(new_image(spec, rng), rng, k, *texture)
             else:
                 img = new_image(spec, rng)
                 draw_class_cue(spec, rng, img, k)

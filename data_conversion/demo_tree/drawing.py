@@ -98,6 +98,38 @@ def draw_class_cue(spec: DemoSpec, rng: np.random.Generator, img: Image.Image, k
     draw_shape(ImageDraw.Draw(img), SHAPES[k % len(SHAPES)], cx, cy, r, class_fill(spec, k))
 
 
+# Fine textures, one per class: a 2-pixel period that survives the native view of an image and is averaged
+# away when the image is shrunk to a few visual tokens (every pattern covers half of its pixels, so the mean
+# colour says nothing about the class).
+TEXTURES = ("hlines", "vlines", "checker")
+
+
+def texture_mask(name: str, w: int, h: int) -> np.ndarray:
+    """``(h, w)`` booleans: the "on" pixels of texture ``name`` (one of TEXTURES)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    phase = {"hlines": yy, "vlines": xx, "checker": xx + yy}.get(name)
+    if phase is None:
+        raise ValueError(f"unknown texture {name!r}; one of {TEXTURES}")
+    return phase % 2 == 0
+
+
+def draw_texture_cue(
+    img: Image.Image, rng: np.random.Generator, k: int, dark: RGB, light: RGB
+) -> Image.Image:
+    """A lesion disk 30-42 % of the short side in radius at a random place, filled with texture k of
+    ``dark`` and ``light`` pixels: the class is visible only where the image keeps its fine detail (a
+    resolution test: the same size, place and mean colour for every class). Returns a new image."""
+    w, h = img.size
+    r = float(rng.uniform(0.30, 0.42)) * min(w, h)
+    cx, cy = float(rng.uniform(r, w - r)), float(rng.uniform(r, h - r))
+    yy, xx = np.mgrid[0:h, 0:w]
+    disk = (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+    on = texture_mask(TEXTURES[k % len(TEXTURES)], w, h)
+    lesion = np.where(on[..., None], np.array(dark, np.int16), np.array(light, np.int16))
+    arr = np.where(disk[..., None], lesion, np.asarray(img.convert("RGB"), dtype=np.int16))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="RGB")
+
+
 def place_box(
     rng: np.random.Generator,
     w: int,

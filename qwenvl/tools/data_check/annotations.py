@@ -115,7 +115,7 @@ def resolve_check_datasets(
         parsed = registry.parse_dataset_use(",".join(names))
     except ValueError as e:
         return [], [str(e)]
-    for name, _rate in parsed:
+    for name in (use.name for use in parsed):
         if name in registry.data_dict:
             chosen.append((name, registry.data_dict[name]))
         elif name.endswith(".json"):

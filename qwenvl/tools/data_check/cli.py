@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from qwenvl.flare import defaults
+from qwenvl.flare.pixels import POLICIES
 from qwenvl.tools.data_check.config import (
     DEFAULT_NUM_IMAGES,
     DEFAULT_NUM_SAMPLES,
@@ -63,15 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Longest sample in tokens (default {defaults.MODEL_MAX_LENGTH}), as in training.",
     )
     p.add_argument(
+        "--pixel_policy",
+        default="auto",
+        choices=POLICIES,
+        help="Image budgets, as in training: per_dataset (each dataset the table's), global (one budget: "
+        "--min/--max_pixels), auto (default: global when a pixel limit is given, else per_dataset).",
+    )
+    p.add_argument(
         "--max_pixels",
         type=int,
-        default=defaults.MAX_PIXELS,
-        help=f"Image pixel budget, as in training (default {defaults.MAX_PIXELS}).",
+        default=None,
+        help=f"Most pixels per image under one global budget, as in training (default {defaults.MAX_PIXELS}).",
     )
     p.add_argument(
         "--min_pixels",
         type=int,
-        default=defaults.MIN_PIXELS,
+        default=None,
         help=f"Smallest image area, as in training (default {defaults.MIN_PIXELS}).",
     )
     p.add_argument(
@@ -93,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``scripts/test_data_loading.py``: 0 when every section passed, 1 otherwise (2 for an
     argument that is not positive)."""
     args = build_parser().parse_args(argv)
-    if min(args.num_images, args.num_samples, args.model_max_length, args.min_pixels, args.max_pixels) < 1:
+    limits = [v for v in (args.min_pixels, args.max_pixels) if v is not None]
+    if min(args.num_images, args.num_samples, args.model_max_length, *limits) < 1:
         print("error: --num_images, --num_samples, --model_max_length and the pixel limits must be positive")
         return 2
     if args.converted_dir is not None:
@@ -106,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         model_path=args.model_path,
         demo_model=args.demo_model,
         model_max_length=args.model_max_length,
+        pixel_policy=args.pixel_policy,
         min_pixels=args.min_pixels,
         max_pixels=args.max_pixels,
         converted_dir=args.converted_dir,

@@ -1,7 +1,7 @@
 """What the data check checks and with which settings: the command line of ``scripts/test_data_loading.py``.
 
-The model, pixel limits and maximum length default to the training guide's values (:mod:`qwenvl.flare.defaults`);
-the other defaults are the data check's own.
+The model, image budgets and maximum length default to training's (:mod:`qwenvl.flare.defaults`; each dataset
+its own image budget, as ``--pixel_policy auto`` gives it); the other defaults are the data check's own.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class DataCheckConfig:
     demo_model: bool = False
     demo_model_dir: Path = DEMO_MODEL_DIR
     model_max_length: int = defaults.MODEL_MAX_LENGTH
-    min_pixels: int = defaults.MIN_PIXELS
-    max_pixels: int = defaults.MAX_PIXELS
+    pixel_policy: str = "auto"  # as training's --pixel_policy: per dataset unless a pixel limit is given
+    min_pixels: int | None = None  # None: the guide's (784), the global / fallback budget as in training
+    max_pixels: int | None = None  # None: the guide's (50176)
     converted_dir: Path | None = None  # None: $FLARE25_CONVERTED_DIR, else <repo>/converted_data
     seed: int = DEFAULT_SEED

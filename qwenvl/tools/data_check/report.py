@@ -90,9 +90,11 @@ def format_model(res: ModelResult, model_max_length: int) -> list[str]:
         return [f"  ❌ {res.load_error}"]
     lines = [f"  Processor: {res.processor_info}"]
     if res.report is not None:
+        from qwenvl.bench.projection import cost_lines
         from qwenvl.data.dataset import format_report
 
         lines += ["  " + line for line in format_report(res.report).splitlines()]
+        lines += ["  " + line for line in cost_lines(res.report)]
         over = res.over_length
         lines.append(
             f"  Samples over --model_max_length {model_max_length}: {len(over)} (training drops them, never truncates)"
@@ -171,7 +173,9 @@ def format_check_summary(res: DataCheckResult, cfg: DataCheckConfig) -> list[str
         if m.report is not None:
             n_over = len(m.over_length)
             warn = (
-                " ⚠️ dropped from training (raise --model_max_length or lower --max_pixels)" if n_over else ""
+                " ⚠️ dropped from training (raise --model_max_length or lower the image budget: NAME@TOKENS, --max_pixels)"
+                if n_over
+                else ""
             )
             lines.append(f"   Over model_max_length {cfg.model_max_length}: {n_over}{warn}")
         if m.dataset_error:

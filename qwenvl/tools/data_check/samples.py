@@ -169,16 +169,25 @@ def load_processor_and_dataset(
     processor) or ``res.dataset_error`` (the dataset). ``res.processor_loaded`` / ``res.processor_info`` describe
     a loaded processor.
     """
+    from qwenvl.data import plan_image_budgets
+
+    try:  # the image budgets training gives these datasets
+        names = ",".join(dataset_names) or "none"
+        plan = plan_image_budgets(names, cfg.pixel_policy, cfg.min_pixels, cfg.max_pixels)
+    except ValueError as e:
+        res.dataset_error = str(e)
+        return None, None
+    default = plan.default
     if processor is None:
         try:
-            processor = load_processor_offline_first(res.model_path, cfg.min_pixels, cfg.max_pixels)
+            processor = load_processor_offline_first(res.model_path, default.min_pixels, default.max_pixels)
         except ProcessorUnavailable as e:
             res.load_error = str(e)
             return None, None
     else:
         from qwenvl.model.loading import set_pixel_limits
 
-        set_pixel_limits(processor, cfg.min_pixels, cfg.max_pixels)
+        set_pixel_limits(processor, default.min_pixels, default.max_pixels)
     from qwenvl.model.loading import pixel_budget
 
     budget = pixel_budget(processor)
@@ -195,7 +204,7 @@ def load_processor_and_dataset(
     try:
         with _quiet("qwenvl.data.dataset"):
             dataset, _ = load_training_datasets(
-                processor, ",".join(dataset_names), cfg.model_max_length, cfg.seed
+                processor, ",".join(dataset_names), cfg.model_max_length, cfg.seed, pixel_plan=plan
             )
     except (KeyError, ValueError) as e:
         res.dataset_error = str(e.args[0]) if e.args else str(e)

@@ -109,7 +109,12 @@ def _metric_lines(s: Snapshot) -> list[str]:
         f"   LR:        {_f(s.learning_rate, '.3e')}   grad norm: {_f(s.grad_norm, '.3f')}",
     ]
     if s.eval_loss is not None:
-        lines.append(f"   Eval loss: {s.eval_loss:.4f} (step {s.eval_step})")
+        on = f" on {s.eval_records}" if s.eval_records else ""
+        lines.append(f"   Eval loss: {s.eval_loss:.4f} (step {s.eval_step}){on}")
+    if s.generation:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in s.generation["values"].items())
+        on = f" on {s.generation['records']}" if s.generation.get("records") else ""
+        lines.append(f"   Generation metrics (step {s.generation['step']}{on}): {values}")
     if s.samples_per_s is not None or s.tokens_per_s is not None:
         lines.append(
             f"   Throughput: {_f(s.samples_per_s, '.2f')} samples/s, {_f(s.tokens_per_s, '.0f')} tokens/s"

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qwenvl.flare.runfiles import RUN_FILE, TRAIN_LOG_JSONL
+from qwenvl.flare.runfiles import GENERATION_PREFIX, RUN_FILE, TRAIN_LOG_JSONL
 from qwenvl.tools.monitor.runfolder import (
     RunLog,
     incomplete_checkpoints,
@@ -146,6 +146,10 @@ class Snapshot:
     grad_norm: float | None = None
     eval_loss: float | None = None
     eval_step: int | None = None
+    eval_records: str | None = (
+        None  # what the eval loss is on (converted records, not an evaluation's headline)
+    )
+    generation: dict[str, Any] | None = None  # the last generation metrics: step, records, gen_all_* values
     samples_per_s: float | None = None
     tokens_per_s: float | None = None
     rss_mb: float | None = None
@@ -233,6 +237,21 @@ def _fill_metrics(snap: Snapshot, log: RunLog, window: int) -> None:
         setattr(snap, key, numeric_field(last, key))
     if snap.eval_losses:
         snap.eval_step, snap.eval_loss = snap.eval_losses[-1]
+    named = log.run.get("evaluation_records") or {}
+    last_eval = log.evals[-1] if log.evals else {}
+    snap.eval_records = last_eval.get("eval_records") or (named.get("eval") or {}).get("text")
+    generation = [r for r in log.lines if any(k.startswith(GENERATION_PREFIX + "all_") for k in r)]
+    if generation:
+        g = generation[-1]
+        snap.generation = {
+            "step": g.get("step"),
+            "records": g.get("gen_records") or (named.get("generation") or {}).get("text"),
+            "values": {
+                k.removeprefix(GENERATION_PREFIX): v
+                for k, v in g.items()
+                if k.startswith(GENERATION_PREFIX + "all_") and numeric_field(g, k) is not None
+            },
+        }
     summary = [r for r in log.lines if "train_loss" in r]
     snap.final_train_loss = numeric_field(summary[-1], "train_loss") if summary else None
 
