@@ -216,8 +216,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GenerationBenchOptions, P
         "--output", default="bench/generation.json", help="JSON file; the table goes beside it (.md)"
     )
     a = p.parse_args(argv)
+    from qwenvl.eval.backends import BACKENDS
+
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
-    if not backends or any(b not in ("hf", "vllm") for b in backends):
+    if not backends or any(b not in BACKENDS for b in backends):
         p.error(f"--backends: hf and/or vllm, got {a.backends!r}")
     if a.batch_size < 1:
         p.error("--batch_size must be at least 1")

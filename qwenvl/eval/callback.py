@@ -43,6 +43,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from qwenvl.eval.backends import BACKENDS, HF, VLLM
 from qwenvl.eval.generate import BatchGenerator, Generation
 from qwenvl.eval.predictions import score_generations
 from qwenvl.flare.runfiles import GENERATION_EVAL_DIR, GENERATION_PREFIX
@@ -184,14 +185,14 @@ class GenerationEvalCallback(TrainerCallback):
         max_new_tokens: int | None = None,
         free_decoding: bool = False,
         pixel_plan: Any = None,
-        backend: str = "hf",
+        backend: str = HF,
         model_path: str | None = None,
     ) -> None:
         if eval_steps < 1:
             raise ValueError(f"eval_steps must be at least 1, got {eval_steps}")
-        if backend not in ("hf", "vllm"):
+        if backend not in BACKENDS:
             raise ValueError(f"unknown generation backend {backend!r}; choose hf or vllm")
-        if backend == "vllm" and not model_path:
+        if backend == VLLM and not model_path:
             raise ValueError("the vllm generation backend needs model_path (the run's starting checkpoint)")
         if not records:
             raise ValueError("GenerationEvalCallback needs at least one labelled record")
@@ -212,7 +213,7 @@ class GenerationEvalCallback(TrainerCallback):
     def generator(self, model: Any) -> Any:
         """The generator of one evaluation: a :class:`BatchGenerator` on ``model``, or (backend ``vllm``) the
         engine with ``model``'s current weights loaded."""
-        if self.backend == "hf":
+        if self.backend == HF:
             return BatchGenerator(
                 model,
                 self.processor,
