@@ -258,10 +258,6 @@ class BudgetPlan:
         """One budget for every image (the guide's way, or a checkpoint that recorded no plan)."""
         return cls(GLOBAL, budget)
 
-    def with_global(self, budget: ImageBudget) -> BudgetPlan:
-        """The same plan with another global budget: every dataset keeps its own, the rest gets ``budget``."""
-        return BudgetPlan(self.policy, budget, dict(self.per_dataset), dict(self.sources))
-
     def inherit(self, trained: BudgetPlan) -> BudgetPlan:
         """This run's plan when it continues a checkpoint trained with ``trained`` (GRPO after SFT): every
         dataset without an explicit ``NAME@TOKENS`` keeps the budget the checkpoint trained it with (its global

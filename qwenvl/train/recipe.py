@@ -467,8 +467,9 @@ class TrainingRecipe:
         if starved:
             raise RecipeError("\n".join(starved))
         if self.args.training.process_index == 0:
-            vision = bool(getattr(self.args.model, "tune_mm_vision", False))
-            logger.info("%s", "\n".join(cost_lines(train.report, vision_trained=vision)))
+            logger.info(
+                "%s", "\n".join(cost_lines(train.report, vision_trained=self.args.model.tune_mm_vision))
+            )
         for dataset in (train, evaluation):
             if dataset is not None:  # a record that fails at training time is named in the run's log
                 dataset.skip_markers = True
