@@ -141,6 +141,19 @@ def _first_step_loss(
         return float(trainer.compute_loss(net, batch))
 
 
+def _assert_one_sgd_step(checkpoint: Path, model) -> None:
+    """The checkpoint's weights are ``model``'s minus its accumulated gradients (one SGD step at lr 1), on a
+    vision-merger and a language-model weight."""
+    after = load_file(checkpoint / "model.safetensors")
+    params = dict(model.named_parameters())
+    for name in (
+        "model.visual.merger.linear_fc2.weight",
+        "model.language_model.layers.1.mlp.down_proj.weight",
+    ):
+        expected = params[name].detach() - params[name].grad
+        torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6)
+
+
 def _log(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines() if line]
 
@@ -415,14 +428,7 @@ def test_loss_is_normalised_per_supervised_token_across_accumulation(
         pop_stats(b)
         loss = causal_lm_loss(model(**b), labels, num_items_in_batch=n_tokens)
         loss.backward()
-    after = load_file(tmp_path / "checkpoint-1" / "model.safetensors")
-    params = dict(model.named_parameters())
-    for name in (
-        "model.visual.merger.linear_fc2.weight",
-        "model.language_model.layers.1.mlp.down_proj.weight",
-    ):
-        expected = params[name].detach() - params[name].grad
-        torch.testing.assert_close(after[name], expected, rtol=1e-4, atol=1e-6)
+    _assert_one_sgd_step(tmp_path / "checkpoint-1", model)
 
 
 # ---------------------------------------------------------------------------- DeepSpeed ZeRO-3, 2 processes
